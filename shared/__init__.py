@@ -1,0 +1,1 @@
+"""What the API and the workers both import: the job and event schemas, settings, key names."""

@@ -1,0 +1,31 @@
+"""Every Redis key and channel name tokenq uses, built in one place.
+
+No other module spells a key literal: call these functions instead.
+"""
+
+PREFIX = "tokenq"
+
+
+def queue_name(model: str) -> str:
+    """The RQ queue holding the generation jobs of one model (RQ adds its own `rq:queue:`)."""
+    return f"{PREFIX}:{model}"
+
+
+def events_channel(job_id: str) -> str:
+    """The pub/sub channel on which a worker publishes one job's events."""
+    return f"{PREFIX}:events:{job_id}"
+
+
+def workers_index(model: str) -> str:
+    """Sorted set of a model's worker ids, scored by the time their heartbeat lapses."""
+    return f"{PREFIX}:workers:{model}"
+
+
+def worker_info(worker_id: str) -> str:
+    """A worker's registration record; it expires unless the heartbeat renews it."""
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def known_models() -> str:
+    """Set of every model name a worker has ever registered."""
+    return f"{PREFIX}:models"

@@ -1,0 +1,14 @@
+"""The RQ side both ends agree on: one queue per model, JSON payloads, the task's name."""
+
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from shared import keys
+
+# The API enqueues the task by name, so it never imports the worker (or llama.cpp).
+GENERATE_TASK = "worker.tasks.generate"
+
+
+def model_queue(redis: Redis, model: str) -> Queue:
+    return Queue(keys.queue_name(model), connection=redis, serializer=JSONSerializer)

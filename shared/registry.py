@@ -1,0 +1,64 @@
+"""Which workers are alive for which model.
+
+A worker writes its `WorkerInfo` under a key that expires after `heartbeat_ttl_s` and scores
+its id in the model's index with the time that lapse happens; a heartbeat renews both. Readers
+keep only ids whose score is still in the future, so a SIGKILLed worker drops out within the
+TTL without anyone cleaning up after it.
+"""
+
+import time
+from typing import cast
+
+from pydantic import BaseModel
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from shared import keys
+
+
+class WorkerInfo(BaseModel):
+    worker_id: str
+    model: str
+    n_ctx: int
+    backend: str  # "cpu" or "cuda"
+    gguf: str
+    started_at: float
+    pid: int
+
+
+def heartbeat(redis: Redis, info: WorkerInfo, ttl_s: float) -> None:
+    """Register or renew a worker; call at least once per `ttl_s`."""
+    lapse = time.time() + ttl_s
+    pipe = redis.pipeline(transaction=True)
+    pipe.set(keys.worker_info(info.worker_id), info.model_dump_json(), px=int(ttl_s * 1000))
+    pipe.zadd(keys.workers_index(info.model), {info.worker_id: lapse})
+    pipe.sadd(keys.known_models(), info.model)
+    pipe.execute()
+
+
+def deregister(redis: Redis, info: WorkerInfo) -> None:
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(keys.worker_info(info.worker_id))
+    pipe.zrem(keys.workers_index(info.model), info.worker_id)
+    pipe.execute()
+
+
+async def live_workers(redis: AsyncRedis, model: str) -> list[WorkerInfo]:
+    """The workers of `model` whose heartbeat has not lapsed."""
+    index = keys.workers_index(model)
+    now = time.time()
+    await redis.zremrangebyscore(index, "-inf", now)
+    ids = cast(list[bytes], await redis.zrangebyscore(index, now, "+inf"))
+    if not ids:
+        return []
+    raw = await redis.mget([keys.worker_info(_text(i)) for i in ids])
+    return [WorkerInfo.model_validate_json(r) for r in raw if r is not None]
+
+
+async def registered_models(redis: AsyncRedis) -> set[str]:
+    """Every model a worker has ever registered, live or not."""
+    return {_text(m) for m in await redis.smembers(keys.known_models())}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

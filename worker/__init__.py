@@ -1,0 +1,1 @@
+"""The model-pinned worker: loads one model once, pulls that model's jobs, streams tokens."""

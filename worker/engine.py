@@ -1,0 +1,55 @@
+"""The small interface between the job runner and a model.
+
+The shape is slot-based, as llama.cpp's server is: sequences are started in slots, `step()`
+advances every active slot by one token, and a slot is released when its sequence ends. A
+backend that decodes several slots in one batch fits behind the same calls; the llama.cpp
+backend today holds one slot.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.job import GenerationJob, SamplingParams
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    n_ctx: int
+    backend: str  # "cpu" or "cuda"
+    slots: int
+    load_seconds: float
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One token sampled for one slot."""
+
+    slot: int
+    token: int
+    piece: bytes  # the token's bytes; may be part of a multi-byte character
+    end_of_generation: bool
+
+
+class EngineBusyError(RuntimeError):
+    """No free slot."""
+
+
+class Engine(Protocol):
+    @property
+    def info(self) -> EngineInfo: ...
+
+    def prompt_tokens(self, job: GenerationJob) -> list[int]:
+        """The job's prompt as the model sees it: chat template applied, tokenized."""
+        ...
+
+    def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
+        """Begin a sequence in a free slot and return the slot."""
+        ...
+
+    def step(self) -> list[Sampled]:
+        """Decode one token for every active slot."""
+        ...
+
+    def release(self, slot: int) -> None:
+        """End the slot's sequence and free it."""
+        ...

@@ -1,0 +1,45 @@
+"""Keeps a worker's registration alive from a thread, also while a job runs.
+
+RQ's SimpleWorker runs the job in the main thread and sends no heartbeat of its own meanwhile.
+"""
+
+import logging
+import threading
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from shared import registry
+from shared.registry import WorkerInfo
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(self, redis: Redis, info: WorkerInfo, interval_s: float, ttl_s: float) -> None:
+        self._redis = redis
+        self._info = info
+        self._interval_s = interval_s
+        self._ttl_s = ttl_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        registry.heartbeat(self._redis, self._info, self._ttl_s)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stopped.set()
+        self._thread.join()
+        try:
+            registry.deregister(self._redis, self._info)
+        except RedisError:
+            log.warning("could not deregister worker %s", self._info.worker_id)
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            try:
+                registry.heartbeat(self._redis, self._info, self._ttl_s)
+            except RedisError as exc:  # Redis may come back; keep trying
+                log.warning("heartbeat failed: %s", exc)

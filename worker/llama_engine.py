@@ -1,0 +1,94 @@
+"""The llama.cpp backend (llama-cpp-python), holding one slot."""
+
+import logging
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import llama_cpp
+
+from shared.job import GenerationJob, SamplingParams
+from shared.tokenizer import PromptTokenizer
+from worker.engine import EngineBusyError, EngineInfo, Sampled
+
+log = logging.getLogger(__name__)
+
+_SLOT = 0
+
+
+class LlamaEngine:
+    """One model loaded once; prompts rendered with the GGUF's own chat template."""
+
+    def __init__(
+        self,
+        gguf: Path,
+        *,
+        n_ctx: int,
+        threads: int | None,
+        n_gpu_layers: int,
+        flash_attn: bool,
+    ) -> None:
+        started = time.perf_counter()
+        self._llama = llama_cpp.Llama(
+            model_path=str(gguf),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=n_gpu_layers,
+            flash_attn=flash_attn,
+            verbose=False,
+        )
+        self._vocab = self._llama._model.vocab
+        self._tokenizer = PromptTokenizer(self._llama)
+        offloaded = n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
+        self._info = EngineInfo(
+            n_ctx=self._llama.n_ctx(),
+            backend="cuda" if offloaded else "cpu",
+            slots=1,
+            load_seconds=time.perf_counter() - started,
+        )
+        self._sequence: Generator[int, None, None] | None = None
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def prompt_tokens(self, job: GenerationJob) -> list[int]:
+        return self._tokenizer.tokens(job.messages, job.prompt)
+
+    def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
+        if self._sequence is not None:
+            raise EngineBusyError("the llama.cpp backend holds one sequence")
+        self._llama.set_seed(seed)
+        # Evaluate every prompt from scratch: reusing a cached prefix evaluates the tail in a
+        # different batch shape, which can flip near-tie greedy picks between equal requests.
+        self._llama.reset()  # type: ignore[no-untyped-call]
+        self._sequence = self._llama.generate(
+            prompt,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            temp=sampling.temperature,
+            repeat_penalty=sampling.repeat_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            presence_penalty=sampling.presence_penalty,
+        )
+        return _SLOT
+
+    def step(self) -> list[Sampled]:
+        if self._sequence is None:
+            return []
+        token = next(self._sequence)
+        return [
+            Sampled(
+                slot=_SLOT,
+                token=token,
+                piece=self._llama.detokenize([token]),
+                end_of_generation=bool(llama_cpp.llama_vocab_is_eog(self._vocab, token)),
+            )
+        ]
+
+    def release(self, slot: int) -> None:
+        if self._sequence is not None:
+            self._sequence.close()
+            self._sequence = None

@@ -1,0 +1,139 @@
+"""Runs one generation job on an engine and publishes its events.
+
+Every job ends with exactly one terminal event (`done` or `error`), whatever happens.
+"""
+
+import logging
+import random
+import time
+from typing import Protocol
+
+from shared.events import (
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    FinishReason,
+    TerminalEvent,
+    Timings,
+    TokenEvent,
+    Usage,
+)
+from shared.job import GenerationJob
+from worker.engine import Engine
+from worker.stops import StopMatcher, Utf8Decoder
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    def publish(self, job_id: str, event: TokenEvent | DoneEvent | ErrorEvent) -> None: ...
+
+
+class JobError(Exception):
+    """A job that cannot run, reported to its client as an error event."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Output:
+    """Turns sampled token bytes into text deltas, honouring the job's stop strings."""
+
+    def __init__(self, job_id: str, stops: list[str], publisher: Publisher) -> None:
+        self._job_id = job_id
+        self._publisher = publisher
+        self._decoder = Utf8Decoder()
+        self._stops = StopMatcher(stops)
+        self._index = 0
+        self.stop_sequence: str | None = None
+
+    def add(self, piece: bytes) -> bool:
+        """Emit what is safe of this token; True when a stop string matched."""
+        text, self.stop_sequence = self._stops.feed(self._decoder.feed(piece))
+        self._emit(text)
+        return self.stop_sequence is not None
+
+    def finish(self) -> None:
+        text, self.stop_sequence = self._stops.feed(self._decoder.flush())
+        self._emit(text if self.stop_sequence else text + self._stops.flush())
+
+    def _emit(self, text: str) -> None:
+        if text:
+            self._publisher.publish(self._job_id, TokenEvent(index=self._index, text=text))
+            self._index += 1
+
+
+class JobRunner:
+    """Runs jobs one after another on one engine."""
+
+    def __init__(self, engine: Engine, publisher: Publisher) -> None:
+        self.engine = engine
+        self.publisher = publisher
+
+    def run(self, job: GenerationJob) -> TerminalEvent:
+        """Run `job` to its end and publish its events; returns the terminal event."""
+        try:
+            terminal: TerminalEvent = self._generate(job)
+        except JobError as exc:
+            terminal = ErrorEvent(code=exc.code, message=exc.message)
+        except Exception:
+            log.exception("job %s failed", job.id)
+            terminal = ErrorEvent(code=ErrorCode.INTERNAL, message="the worker failed the job")
+        self.publisher.publish(job.id, terminal)
+        return terminal
+
+    def _generate(self, job: GenerationJob) -> DoneEvent:
+        started = time.time()
+        if started > job.deadline:
+            raise JobError(ErrorCode.DEADLINE_EXCEEDED, "the job waited past its deadline")
+        prompt = self.engine.prompt_tokens(job)
+        max_tokens = self._max_tokens(job, len(prompt))
+        seed = job.sampling.seed if job.sampling.seed is not None else random.getrandbits(32)
+        output = _Output(job.id, job.sampling.stop, self.publisher)
+        slot = self.engine.start(prompt, job.sampling, seed)
+        first_token_at: float | None = None
+        finish = FinishReason.LENGTH
+        generated = 0
+        try:
+            while generated < max_tokens:
+                (sampled,) = (s for s in self.engine.step() if s.slot == slot)
+                first_token_at = first_token_at or time.time()
+                if sampled.end_of_generation:
+                    finish = FinishReason.STOP
+                    break
+                generated += 1
+                if output.add(sampled.piece):
+                    finish = FinishReason.STOP_SEQUENCE
+                    break
+        finally:
+            self.engine.release(slot)
+        if finish is not FinishReason.STOP_SEQUENCE:
+            output.finish()
+            if output.stop_sequence is not None:
+                finish = FinishReason.STOP_SEQUENCE
+        ended = time.time()
+        first = first_token_at or ended
+        return DoneEvent(
+            finish_reason=finish,
+            stop_sequence=output.stop_sequence,
+            usage=Usage(prompt_tokens=len(prompt), completion_tokens=generated),
+            timings=Timings(
+                queued=max(0.0, started - job.created_at),
+                prompt_eval=first - started,
+                decode=ended - first,
+            ),
+        )
+
+    def _max_tokens(self, job: GenerationJob, prompt_len: int) -> int:
+        n_ctx = self.engine.info.n_ctx
+        room = n_ctx - prompt_len
+        wanted = job.sampling.max_tokens
+        if room < 1 or (wanted is not None and wanted > room):
+            raise JobError(
+                ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+                f"this model's context is {n_ctx} tokens; the prompt has {prompt_len} and "
+                f"{wanted or 1} more were asked for",
+            )
+        return wanted if wanted is not None else room
