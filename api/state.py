@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from api.tokenizers import Tokenizers
 from shared.settings import ApiSettings
 
 
@@ -13,19 +14,24 @@ class AppState:
     settings: ApiSettings
     redis: AsyncRedis  # events, registry reads
     sync_redis: Redis  # RQ enqueue, which is synchronous; used from a thread
+    tokenizers: Tokenizers
 
     @classmethod
     def connect(cls, settings: ApiSettings) -> "AppState":
         timeout = settings.redis_timeout_s
-        return cls(
-            settings=settings,
-            redis=AsyncRedis.from_url(
+        return cls.build(
+            settings,
+            AsyncRedis.from_url(
                 settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
             ),
-            sync_redis=Redis.from_url(
+            Redis.from_url(
                 settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
             ),
         )
+
+    @classmethod
+    def build(cls, settings: ApiSettings, redis: AsyncRedis, sync_redis: Redis) -> "AppState":
+        return cls(settings, redis, sync_redis, Tokenizers(redis))
 
     async def close(self) -> None:
         await self.redis.aclose()

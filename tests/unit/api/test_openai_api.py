@@ -49,7 +49,7 @@ async def harness() -> AsyncIterator[Harness]:
     sync = fakeredis.FakeRedis(server=server)
     settings = ApiSettings(models=[MODEL, "idle"], event_timeout_s=2)
     app = create_app(settings)
-    app.state.tokenq = AppState(settings, fakeredis.FakeAsyncRedis(server=server), sync)
+    app.state.tokenq = AppState.build(settings, fakeredis.FakeAsyncRedis(server=server), sync)
     info = WorkerInfo(
         worker_id="w1",
         model=MODEL,
