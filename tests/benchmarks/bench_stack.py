@@ -1,0 +1,148 @@
+"""Single-stream speed through the full stack next to llama-cpp-python in process.
+
+    .venv/bin/python -m tests.benchmarks.bench_stack [--tokens 128] [--runs 5]
+
+Starts its own redis-server, one worker and one API on free loopback ports, then measures, for
+the same chat prompt, greedy, the same number of tokens:
+  in process   llama-cpp-python `Llama.generate`, 2 threads, like the worker
+  enqueue      subscribe + RQ enqueue straight on Redis -> first token event (no HTTP)
+  http         the official openai client, streaming: request -> first chunk, decode tokens/s
+Prints medians over the runs. Not a test: nothing here asserts on speed.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import llama_cpp
+from openai import OpenAI
+
+from shared import keys
+from shared.events import DoneEvent, TokenEvent, parse_event
+from shared.job import ChatMessage, Flavour, GenerationJob, SamplingParams
+from shared.queues import GENERATE_TASK, model_queue
+from shared.settings import DEFAULT_MODEL, default_gguf_path
+from shared.tokenizer import PromptTokenizer
+from tests.integration.procs import ApiProcess, RedisServer, WorkerProcess
+
+PROMPT = "Write a long story about a dragon who learns to bake bread."
+
+
+def in_process(tokens: int, runs: int) -> tuple[list[float], list[float]]:
+    llama = llama_cpp.Llama(
+        str(default_gguf_path()), n_ctx=4096, n_threads=2, n_threads_batch=2, verbose=False
+    )
+    prompt = PromptTokenizer(llama).chat([ChatMessage(role="user", content=PROMPT)])
+    ttft, rate = [], []
+    for _ in range(runs):
+        llama.reset()
+        start = time.perf_counter()
+        first = 0.0
+        for n, _token in enumerate(llama.generate(prompt, temp=0, top_k=0, top_p=1, min_p=0), 1):
+            if n == 1:
+                first = time.perf_counter()
+            if n == tokens:
+                break
+        end = time.perf_counter()
+        ttft.append(first - start)
+        rate.append((tokens - 1) / (end - first))
+    return ttft, rate
+
+
+def via_redis(redis: RedisServer, tokens: int, runs: int) -> tuple[list[float], list[float]]:
+    client = redis.client()
+    queue = model_queue(client, DEFAULT_MODEL)
+    ttft, rate = [], []
+    for _ in range(runs):
+        job = GenerationJob(
+            model=DEFAULT_MODEL,
+            messages=[ChatMessage(role="user", content=PROMPT)],
+            sampling=SamplingParams(max_tokens=tokens, temperature=0),
+            flavour=Flavour.OPENAI,
+            deadline=time.time() + 60,
+        )
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(keys.events_channel(job.id))
+        start = time.perf_counter()
+        queue.enqueue_call(func=GENERATE_TASK, args=(job.model_dump(mode="json"),), job_id=job.id)
+        first = 0.0
+        while True:
+            message = pubsub.get_message(timeout=30)
+            if message is None:
+                continue
+            event = parse_event(message["data"])
+            if isinstance(event, TokenEvent) and not first:
+                first = time.perf_counter()
+            if isinstance(event, DoneEvent):
+                end = time.perf_counter()
+                ttft.append(first - start)
+                rate.append((event.usage.completion_tokens - 1) / (end - first))
+                break
+        pubsub.close()
+    return ttft, rate
+
+
+def via_http(api: ApiProcess, tokens: int, runs: int) -> tuple[list[float], list[float]]:
+    client = OpenAI(base_url=f"{api.url}/v1", api_key="unused")
+    ttft, rate = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        first = 0.0
+        usage = None
+        for chunk in client.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        ):
+            if chunk.choices and chunk.choices[0].delta.content and not first:
+                first = time.perf_counter()
+            usage = chunk.usage or usage
+        end = time.perf_counter()
+        assert usage is not None
+        ttft.append(first - start)
+        rate.append((usage.completion_tokens - 1) / (end - first))
+    return ttft, rate
+
+
+def report(name: str, ttft: list[float], rate: list[float]) -> None:
+    print(
+        f"{name:<12} first token {statistics.median(ttft) * 1000:7.1f} ms   "
+        f"decode {statistics.median(rate):6.1f} tokens/s   (median of {len(rate)})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = RedisServer(Path(tmp))
+        redis.start()
+        worker = WorkerProcess(redis, DEFAULT_MODEL, Path(tmp) / "worker.log")
+        api = ApiProcess(redis, Path(tmp) / "api.log")
+        try:
+            via_http(api, 8, 1)  # warm up
+            results = {
+                "in process": in_process(args.tokens, args.runs),
+                "enqueue": via_redis(redis, args.tokens, args.runs),
+                "http": via_http(api, args.tokens, args.runs),
+            }
+        finally:
+            api.stop()
+            worker.stop()
+            redis.stop()
+    for name, (ttft, rate) in results.items():
+        report(name, ttft, rate)
+    base = statistics.median(results["in process"][1])
+    for name in ("enqueue", "http"):
+        print(f"{name} decode / in process: {statistics.median(results[name][1]) / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()
