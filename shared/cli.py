@@ -100,7 +100,8 @@ def up(
                 console.print(
                     f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
                     f'-d \'{{"model": "{model}", "messages": '
-                    f'[{{"role": "user", "content": "Hello!"}}]}}\''
+                    f'[{{"role": "user", "content": "Hello!"}}]}}\'',
+                    soft_wrap=True,  # one line, so it can be copied
                 )
             time.sleep(0.5)
     finally:
