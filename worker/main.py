@@ -5,11 +5,13 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
+from shared.model_facts import read_facts
 from shared.queues import model_queue
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
@@ -41,6 +43,8 @@ def run_worker(settings: WorkerSettings) -> None:
     """Serve `settings.model` until SIGTERM/SIGINT (the running job is finished first)."""
     gguf = settings.gguf_path()
     log.info("loading %s for model %s", gguf, settings.model)
+    # Hashing the file and reading its metadata overlap with loading the weights.
+    facts = ThreadPoolExecutor(max_workers=1).submit(read_facts, gguf)
     engine = LlamaEngine(
         gguf,
         n_ctx=settings.n_ctx,
@@ -58,6 +62,7 @@ def run_worker(settings: WorkerSettings) -> None:
         gguf=str(gguf),
         started_at=time.time(),
         pid=os.getpid(),
+        facts=facts.result(),
     )
     runner = JobRunner(engine, RedisPublisher(redis))
     queue = model_queue(redis, settings.model)
