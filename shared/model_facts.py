@@ -1,7 +1,10 @@
-"""What a model file is: size, digest and the GGUF metadata, read once by its worker.
+"""What a model file is: size, digest and the GGUF metadata, read by the worker serving it.
 
 The worker registers these facts with its heartbeat (shared/registry.py), so the API can
 describe a served model (Ollama's /api/tags, /api/ps, /api/show) without opening the file.
+Reading the metadata takes seconds for a large vocabulary, so it is done once per file
+content: the facts are kept in Redis under the file's sha256, and later workers of the same
+file only hash it.
 """
 
 import hashlib
@@ -11,6 +14,9 @@ from typing import Any
 import gguf
 import numpy as np
 from pydantic import BaseModel, Field
+from redis import Redis
+
+from shared import keys
 
 Scalar = str | int | float | bool
 MetadataValue = Scalar | list[Scalar]
@@ -44,8 +50,21 @@ class ModelFacts(BaseModel):
         return value if isinstance(value, str) else None
 
 
-def read_facts(path: Path) -> ModelFacts:
-    """Hash the file and read its GGUF header (memory-mapped; weights are not loaded)."""
+def describe(redis: Redis, path: Path) -> ModelFacts:
+    """The file's facts, its metadata read from Redis when this content was read before."""
+    digest = _sha256(path)
+    cached = redis.get(keys.model_facts(digest))
+    if cached is None:
+        facts = read_facts(path, digest)
+        redis.set(keys.model_facts(digest), facts.model_dump_json())
+        return facts
+    # Size and metadata follow from the content; the modification time is this file's own.
+    facts = ModelFacts.model_validate_json(cached)
+    return facts.model_copy(update={"modified_at": path.stat().st_mtime})
+
+
+def read_facts(path: Path, digest: str | None = None) -> ModelFacts:
+    """Hash the file (unless its digest is given) and read its GGUF header, memory-mapped."""
     stat = path.stat()
     reader = gguf.GGUFReader(path)
     metadata = {
@@ -59,7 +78,7 @@ def read_facts(path: Path) -> ModelFacts:
     file_type = metadata.get("general.file_type")
     return ModelFacts(
         size=stat.st_size,
-        digest=_sha256(path),
+        digest=digest or _sha256(path),
         modified_at=stat.st_mtime,
         architecture=str(metadata.get("general.architecture", "unknown")),
         parameter_count=int(parameters) if isinstance(parameters, int | float) else 0,

@@ -11,7 +11,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from shared.model_facts import read_facts
+from shared.model_facts import describe
 from shared.queues import model_queue
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
@@ -43,8 +43,9 @@ def run_worker(settings: WorkerSettings) -> None:
     """Serve `settings.model` until SIGTERM/SIGINT (the running job is finished first)."""
     gguf = settings.gguf_path()
     log.info("loading %s for model %s", gguf, settings.model)
-    # Hashing the file and reading its metadata overlap with loading the weights.
-    facts = ThreadPoolExecutor(max_workers=1).submit(read_facts, gguf)
+    redis = Redis.from_url(settings.redis_url, health_check_interval=10)
+    # Describing the file (hash, metadata) overlaps with loading the weights.
+    facts = ThreadPoolExecutor(max_workers=1).submit(describe, redis, gguf)
     engine = LlamaEngine(
         gguf,
         n_ctx=settings.n_ctx,
@@ -53,7 +54,6 @@ def run_worker(settings: WorkerSettings) -> None:
         flash_attn=settings.flash_attn,
     )
     log.info("loaded in %.2fs on %s", engine.info.load_seconds, engine.info.backend)
-    redis = Redis.from_url(settings.redis_url, health_check_interval=10)
     info = WorkerInfo(
         worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         model=settings.model,

@@ -16,6 +16,7 @@ def test_keys_are_namespaced_and_distinct() -> None:
         keys.workers_index("m"),
         keys.worker_info("w"),
         keys.known_models(),
+        keys.model_facts("d"),
     ]
     assert all(n.startswith("tokenq:") for n in names)
     assert len(set(names)) == len(names)
