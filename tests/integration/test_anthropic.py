@@ -22,7 +22,7 @@ GREEDY = {"temperature": 0}  # not a named argument of every client version
 
 def message(client: Anthropic, stream: bool, **params: Any) -> Any:
     """The final message, by either transport (streaming through the client's own helper)."""
-    params = {"model": DEFAULT_MODEL, "max_tokens": 30, "messages": QUESTION, **params}
+    params = {"model": DEFAULT_MODEL, "max_tokens": 20, "messages": QUESTION, **params}
     if not stream:
         return client.messages.create(**params)
     with client.messages.stream(**params) as events:
@@ -89,9 +89,16 @@ def test_prefill_is_continued(anthropic_client: Anthropic) -> None:
     assert text_of(reply) != text_of(plain)
 
 
+@pytest.fixture(scope="module")
+def full_reply(api: ApiProcess) -> str:
+    """A greedy reply long enough to cut with a stop sequence."""
+    client = Anthropic(base_url=api.url, api_key="unused", max_retries=0, timeout=120)
+    return text_of(message(client, False, max_tokens=40, extra_body=GREEDY))
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-def test_stop_sequence(anthropic_client: Anthropic, stream: bool) -> None:
-    full = text_of(message(anthropic_client, False, max_tokens=40, extra_body=GREEDY))
+def test_stop_sequence(anthropic_client: Anthropic, full_reply: str, stream: bool) -> None:
+    full = full_reply
     words = full.split()
     assert len(words) > 4, full
     stop = " " + words[3]
