@@ -111,8 +111,9 @@ class _Conversation(_Strict):
         return self
 
     def chat_messages(self) -> list[ChatMessage]:
-        system = [ChatMessage(role="system", content=_text(self.system))] if self.system else []
-        return system + [ChatMessage(role=m.role, content=m.text) for m in self.messages]
+        system = _text(self.system or [])  # an empty system prompt is none
+        turns = [ChatMessage(role=m.role, content=m.text) for m in self.messages]
+        return [ChatMessage(role="system", content=system), *turns] if system else turns
 
     def _job(
         self, sampling: SamplingParams, stream: bool, deadline: float, request_id: str | None

@@ -79,8 +79,8 @@ class Options(_Strict):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     num_ctx: int | None = Field(default=None, ge=1, description="At most the worker's context.")
     repeat_last_n: int = PENALTY_WINDOW
-    # Accepted without effect: only used when Ollama shifts a full context, which tokenq never
-    # does (it stops with "length"); and one Ollama itself ignores.
+    # Accepted without effect. num_keep is only used when Ollama shifts a full context, which
+    # tokenq never does (it stops with "length"); Ollama itself ignores penalize_newline.
     num_keep: int | None = None
     penalize_newline: bool | None = None
     # Honoured at the value that turns them off; mirostat_tau/eta only matter with mirostat.
@@ -95,9 +95,10 @@ class Options(_Strict):
     def _check_keys(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        for key in sorted(_LOAD_TIME & data.keys()):
+        if refused := sorted(_LOAD_TIME & data.keys()):
             raise ValueError(
-                f"{key} is set when a worker loads the model (tokenq worker flags), not per request"
+                f"{', '.join(refused)}: set when a worker loads the model (tokenq worker "
+                "flags), not per request"
             )
         return {k: v for k, v in data.items() if v is not None}  # null means the default
 
