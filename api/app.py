@@ -6,6 +6,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import health
+from api.anthropic.router import router as anthropic_router
+from api.ollama.router import router as ollama_router
 from api.openai.router import router as openai_router
 from api.state import AppState
 from shared.settings import ApiSettings
@@ -26,4 +28,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="tokenq", version="0.1.0", lifespan=lifespan)
     app.include_router(health.router)
     app.include_router(openai_router)
+    app.include_router(anthropic_router)
+    app.include_router(ollama_router)
     return app

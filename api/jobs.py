@@ -138,3 +138,9 @@ def _enqueue(state: AppState, job: GenerationJob) -> None:
         result_ttl=_RESULT_TTL_S,
         failure_ttl=_FAILURE_TTL_S,
     )
+
+
+async def count_prompt(state: AppState, job: GenerationJob) -> int:
+    """The job's prompt in tokens, as its worker will count them (404/503 as `submit`)."""
+    await require_live_worker(state, job.model)
+    return await state.tokenizers.count(job)

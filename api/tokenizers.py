@@ -36,4 +36,8 @@ class Tokenizers:
     async def count(self, job: GenerationJob) -> int:
         """How many tokens the job's prompt is, exactly as its worker will count it."""
         tokenizer = await self.get(job.model)
-        return len(await anyio.to_thread.run_sync(tokenizer.tokens, job.messages, job.prompt))
+        return len(
+            await anyio.to_thread.run_sync(
+                tokenizer.tokens, job.messages, job.prompt, job.continue_final_message
+            )
+        )

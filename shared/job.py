@@ -48,12 +48,14 @@ class GenerationJob(BaseModel):
     """One generation request, independent of the API flavour it arrived through.
 
     Exactly one of `messages` (chat, rendered with the model's own template) and `prompt`
-    (raw text, fed as is) is set.
+    (raw text, fed as is) is set. With `continue_final_message` the last message is an
+    assistant turn left open: the model continues its text (Anthropic's and Ollama's prefill).
     """
 
     id: str = Field(default_factory=new_job_id)
     model: str
     messages: list[ChatMessage] | None = None
+    continue_final_message: bool = False
     prompt: str | None = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     stream: bool = False
@@ -65,3 +67,7 @@ class GenerationJob(BaseModel):
     def model_post_init(self, _context: object) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("a job has exactly one of messages and prompt")
+        if self.continue_final_message and (
+            not self.messages or self.messages[-1].role != "assistant"
+        ):
+            raise ValueError("only a final assistant message can be continued")

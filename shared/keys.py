@@ -29,3 +29,8 @@ def worker_info(worker_id: str) -> str:
 def known_models() -> str:
     """Set of every model name a worker has ever registered."""
     return f"{PREFIX}:models"
+
+
+def model_facts(digest: str) -> str:
+    """A model file's facts (shared/model_facts.py) by its content's sha256; never expires."""
+    return f"{PREFIX}:facts:{digest}"

@@ -9,11 +9,12 @@ TTL without anyone cleaning up after it.
 import time
 from typing import cast
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from shared import keys
+from shared.model_facts import ModelFacts
 
 
 class WorkerInfo(BaseModel):
@@ -24,6 +25,9 @@ class WorkerInfo(BaseModel):
     gguf: str
     started_at: float
     pid: int
+    facts: ModelFacts | None = Field(
+        default=None, description="The served file (size, digest, GGUF metadata)."
+    )
 
 
 def heartbeat(redis: Redis, info: WorkerInfo, ttl_s: float) -> None:

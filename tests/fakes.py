@@ -11,9 +11,9 @@ EOS = -1
 
 @dataclass
 class FakeEngine:
-    """Plays back `pieces` (bytes per token; EOS ends the sequence) for every job."""
+    """Plays back `pieces` (bytes per token; EOS ends the sequence; an exception is raised)."""
 
-    pieces: list[bytes | int]
+    pieces: list[bytes | int | Exception]
     prompt_len: int = 4
     n_ctx: int = 64
     started_with: list[tuple[SamplingParams, int]] = field(default_factory=list)
@@ -37,6 +37,8 @@ class FakeEngine:
         assert self._position is not None
         piece = self.pieces[self._position] if self._position < len(self.pieces) else EOS
         self._position += 1
+        if isinstance(piece, Exception):
+            raise piece
         if piece == EOS:
             return [Sampled(slot=0, token=0, piece=b"", end_of_generation=True)]
         assert isinstance(piece, bytes)

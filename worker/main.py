@@ -5,11 +5,13 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
+from shared.model_facts import describe
 from shared.queues import model_queue
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
@@ -41,6 +43,9 @@ def run_worker(settings: WorkerSettings) -> None:
     """Serve `settings.model` until SIGTERM/SIGINT (the running job is finished first)."""
     gguf = settings.gguf_path()
     log.info("loading %s for model %s", gguf, settings.model)
+    redis = Redis.from_url(settings.redis_url, health_check_interval=10)
+    # Describing the file (hash, metadata) overlaps with loading the weights.
+    facts = ThreadPoolExecutor(max_workers=1).submit(describe, redis, gguf)
     engine = LlamaEngine(
         gguf,
         n_ctx=settings.n_ctx,
@@ -49,7 +54,6 @@ def run_worker(settings: WorkerSettings) -> None:
         flash_attn=settings.flash_attn,
     )
     log.info("loaded in %.2fs on %s", engine.info.load_seconds, engine.info.backend)
-    redis = Redis.from_url(settings.redis_url, health_check_interval=10)
     info = WorkerInfo(
         worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         model=settings.model,
@@ -58,6 +62,7 @@ def run_worker(settings: WorkerSettings) -> None:
         gguf=str(gguf),
         started_at=time.time(),
         pid=os.getpid(),
+        facts=facts.result(),
     )
     runner = JobRunner(engine, RedisPublisher(redis))
     queue = model_queue(redis, settings.model)

@@ -7,7 +7,9 @@ stop things start their own processes with the factories.
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import ollama
 import pytest
+from anthropic import Anthropic
 from openai import OpenAI
 
 from shared.settings import DEFAULT_MODEL
@@ -49,6 +51,16 @@ def api(redis_server: RedisServer, worker: WorkerProcess, logs: Path) -> Iterato
 @pytest.fixture
 def openai_client(api: ApiProcess) -> OpenAI:
     return OpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def anthropic_client(api: ApiProcess) -> Anthropic:
+    return Anthropic(base_url=api.url, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def ollama_client(api: ApiProcess) -> ollama.Client:
+    return ollama.Client(host=api.url, timeout=120)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ def test_keys_are_namespaced_and_distinct() -> None:
         keys.workers_index("m"),
         keys.worker_info("w"),
         keys.known_models(),
+        keys.model_facts("d"),
     ]
     assert all(n.startswith("tokenq:") for n in names)
     assert len(set(names)) == len(names)
@@ -60,3 +61,14 @@ def test_settings_read_env_and_split_models(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.redis_url == "redis://example:1/2"
     with pytest.raises(ValidationError):
         Settings(queue_deadline_s=0)
+
+
+def test_only_a_final_assistant_message_can_be_continued() -> None:
+    common = {"model": "m", "flavour": Flavour.ANTHROPIC, "deadline": time.time()}
+    user = ChatMessage(role="user", content="x")
+    prefill = ChatMessage(role="assistant", content="y")
+    GenerationJob(messages=[user, prefill], continue_final_message=True, **common)
+    with pytest.raises(ValidationError):
+        GenerationJob(messages=[user], continue_final_message=True, **common)
+    with pytest.raises(ValidationError):
+        GenerationJob(prompt="x", continue_final_message=True, **common)

@@ -1,0 +1,41 @@
+"""Anthropic HTTP routes: parse, submit, answer. Translation lives in protocol and serving.
+
+The `anthropic-version` and `x-api-key` headers the client sends are accepted and ignored.
+"""
+
+import time
+
+from fastapi import APIRouter, Header, Response
+
+from api.anthropic import serving
+from api.anthropic.protocol import CountTokensRequest, Message, MessagesRequest, TokenCount
+from api.deps import StateDep
+from api.errors import flavour_route_class
+from api.jobs import count_prompt, submit
+from api.relay import collect, stream_response
+
+router = APIRouter(prefix="/v1", route_class=flavour_route_class(serving.render_error))
+
+RequestIdHeader = Header(default=None, alias="X-Request-ID")
+
+
+@router.post("/messages", response_model=None)
+async def messages(
+    body: MessagesRequest, state: StateDep, request_id: str | None = RequestIdHeader
+) -> Message | Response:
+    job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
+    if body.stream:
+        # message_start carries the input tokens before the worker has reported any usage.
+        input_tokens = await count_prompt(state, job)
+        stream = await submit(state, job)
+        return await stream_response(
+            stream, lambda: serving.MessageStreamEncoder(job, input_tokens)
+        )
+    text, done = await collect(await submit(state, job))
+    return serving.message(job, text, done)
+
+
+@router.post("/messages/count_tokens")
+async def count_tokens(body: CountTokensRequest, state: StateDep) -> TokenCount:
+    """The prompt's tokens with the model's own template and tokenizer, as a request counts."""
+    return TokenCount(input_tokens=await count_prompt(state, body.to_job(time.time())))

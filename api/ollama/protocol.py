@@ -1,0 +1,288 @@
+"""Ollama generation wire types (/api/generate, /api/chat).
+
+Requests forbid unknown fields, and fields Ollama has but tokenq cannot honour are refused
+with a 400 naming them unless they are at a value that changes nothing. Sampling defaults are
+Ollama's own, so a request without options behaves as it would against Ollama.
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from shared.job import ChatMessage, Flavour, GenerationJob, SamplingParams
+
+_REFUSED = {
+    "suffix": "fill-in-the-middle (suffix) is not supported",
+    "template": "custom templates are not supported: the model's own chat template is used",
+    "context": "context token arrays are not supported: send the conversation to /api/chat",
+    "images": "image input is not supported: the model reads text only",
+    "format": "structured output (format) is not supported",
+    "think": "this model does not support thinking",
+    "thinking": "this model does not support thinking",
+    "logprobs": "logprobs are not supported",
+    "top_logprobs": "logprobs are not supported",
+    "tools": "tool calling is not supported",
+    "tool_calls": "tool calling is not supported",
+}
+
+# Options that size or place the model when it is loaded: a worker loads its model once, with
+# its own flags, so they cannot change per request.
+_LOAD_TIME = frozenset(
+    {
+        "numa",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "low_vram",
+        "f16_kv",
+        "logits_all",
+        "vocab_only",
+        "use_mmap",
+        "use_mlock",
+        "embedding_only",
+        "num_thread",
+    }
+)
+
+# The repeat-penalty window llama.cpp's sampler uses in the worker (Llama's last_n_tokens_size,
+# also Ollama's default): the one value of repeat_last_n that is honoured.
+PENALTY_WINDOW = 64
+
+
+def _refuse_if_set(value: Any, info: ValidationInfo) -> Any:
+    if value:
+        raise ValueError(_REFUSED[info.field_name or ""])
+    return value
+
+
+def model_name(name: str) -> str:
+    """The tokenq model an Ollama name means: `smollm2:latest` is `smollm2`."""
+    return name.removesuffix(":latest")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Options(_Strict):
+    """Ollama's `options`, with Ollama's defaults."""
+
+    num_predict: int | None = Field(default=None, description="<= 0: until the context is full.")
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+    top_k: int = Field(default=40, ge=0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    seed: int | None = Field(default=None, description="Negative: random.")
+    stop: list[str] | None = None
+    repeat_penalty: float = Field(default=1.1, gt=0.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    num_ctx: int | None = Field(default=None, ge=1, description="At most the worker's context.")
+    repeat_last_n: int = PENALTY_WINDOW
+    # Accepted without effect. num_keep is only used when Ollama shifts a full context, which
+    # tokenq never does (it stops with "length"); Ollama itself ignores penalize_newline.
+    num_keep: int | None = None
+    penalize_newline: bool | None = None
+    # Honoured at the value that turns them off; mirostat_tau/eta only matter with mirostat.
+    typical_p: float = 1.0
+    tfs_z: float = 1.0
+    mirostat: int = 0
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if refused := sorted(_LOAD_TIME & data.keys()):
+            raise ValueError(
+                f"{', '.join(refused)}: set when a worker loads the model (tokenq worker "
+                "flags), not per request"
+            )
+        return {k: v for k, v in data.items() if v is not None}  # null means the default
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: list[str] | None) -> list[str] | None:
+        if value and any(not s for s in value):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+    @field_validator("repeat_last_n")
+    @classmethod
+    def _window(cls, value: int) -> int:
+        if value != PENALTY_WINDOW:
+            raise ValueError(
+                f"only the worker's repeat-penalty window, {PENALTY_WINDOW}, is supported"
+            )
+        return value
+
+    @field_validator("typical_p", "tfs_z")
+    @classmethod
+    def _off(cls, value: float, info: ValidationInfo) -> float:
+        if value != 1.0:
+            raise ValueError(f"{info.field_name} sampling is not supported (1.0 turns it off)")
+        return value
+
+    @field_validator("mirostat")
+    @classmethod
+    def _no_mirostat(cls, value: int) -> int:
+        if value != 0:
+            raise ValueError("mirostat sampling is not supported (0 turns it off)")
+        return value
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=self.num_predict if self.num_predict and self.num_predict > 0 else None,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            repeat_penalty=self.repeat_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            seed=self.seed if self.seed is not None and self.seed >= 0 else None,
+            stop=list(self.stop or []),
+        )
+
+
+class _Request(_Strict):
+    model: str = Field(min_length=1)
+    stream: bool = True
+    format: str | dict[str, Any] | None = None
+    options: Options = Field(default_factory=Options)
+    keep_alive: float | str | None = Field(
+        default=None, description="Accepted; a worker keeps its model loaded until it stops."
+    )
+    think: bool | str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    _refused = field_validator("format", "think", "logprobs", "top_logprobs")(_refuse_if_set)
+
+    @property
+    def target(self) -> str:
+        """The tokenq model the request is for."""
+        return model_name(self.model)
+
+    def _job(
+        self,
+        deadline: float,
+        request_id: str | None,
+        messages: list[ChatMessage] | None = None,
+        prompt: str | None = None,
+    ) -> GenerationJob:
+        final = messages[-1] if messages else None
+        return GenerationJob(
+            model=self.target,
+            messages=messages,
+            continue_final_message=final is not None and final.role == "assistant",
+            prompt=prompt,
+            sampling=self.options.sampling(),
+            stream=self.stream,
+            flavour=Flavour.OLLAMA,
+            deadline=deadline,
+            request_id=request_id,
+        )
+
+
+class GenerateRequest(_Request):
+    prompt: str | None = None
+    system: str | None = None
+    raw: bool = False
+    suffix: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    images: list[str] | None = None
+
+    _refused_here = field_validator("suffix", "template", "context", "images")(_refuse_if_set)
+
+    @model_validator(mode="after")
+    def _raw_has_no_system(self) -> "GenerateRequest":
+        if self.raw and self.system:
+            raise ValueError("system cannot be applied to a raw prompt (raw skips the template)")
+        return self
+
+    def to_job(self, deadline: float, request_id: str | None = None) -> GenerationJob:
+        if self.raw:
+            return self._job(deadline, request_id, prompt=self.prompt or "")
+        system = [ChatMessage(role="system", content=self.system)] if self.system else []
+        user = ChatMessage(role="user", content=self.prompt or "")
+        return self._job(deadline, request_id, messages=[*system, user])
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str = ""
+    images: list[str] | None = None
+    tool_calls: list[Any] | None = None
+    thinking: str | None = None
+
+    _refused = field_validator("images", "tool_calls", "thinking")(_refuse_if_set)
+
+
+class ChatRequest(_Request):
+    messages: list[Message] = Field(default_factory=list)
+    tools: list[Any] | None = None  # the official client always sends [], which is fine
+
+    _refused_here = field_validator("tools")(_refuse_if_set)
+
+    def to_job(self, deadline: float, request_id: str | None = None) -> GenerationJob:
+        # A final assistant message is continued, as Ollama's templates leave it open.
+        messages = [ChatMessage(role=m.role, content=m.content) for m in self.messages]
+        return self._job(deadline, request_id, messages=messages)
+
+
+# Responses: one line per token while streaming, then a final line with the statistics.
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class DoneStats(BaseModel):
+    """The final line's fields. Durations are nanoseconds, measured (api/ollama/serving.py)."""
+
+    done: Literal[True] = True
+    done_reason: Literal["stop", "length", "load"]
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+
+
+class _Line(BaseModel):
+    model: str = Field(description="The model name as the request gave it.")
+    created_at: str
+
+
+class _GenerateLine(_Line):
+    response: str
+
+
+class _ChatLine(_Line):
+    message: AssistantMessage
+
+
+class GenerateChunk(_GenerateLine):
+    done: Literal[False] = False
+
+
+class GenerateDone(DoneStats, _GenerateLine):
+    pass
+
+
+class ChatChunk(_ChatLine):
+    done: Literal[False] = False
+
+
+class ChatDone(DoneStats, _ChatLine):
+    pass
+
+
+class ErrorResponse(BaseModel):
+    error: str

@@ -1,0 +1,88 @@
+"""Ollama HTTP routes: parse, submit, answer. Translation lives in protocol, catalog, serving.
+
+Model names are Ollama's: `smollm2` and `smollm2:latest` are the same model; responses echo
+the name the request gave.
+"""
+
+import importlib.metadata
+import time
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import PlainTextResponse
+
+from api.deps import StateDep
+from api.errors import NoWorkerError, flavour_route_class
+from api.jobs import live_models, require_live_worker, submit
+from api.ollama import catalog, serving
+from api.ollama.catalog import PsResponse, ShowRequest, ShowResponse, TagsResponse, VersionResponse
+from api.ollama.protocol import ChatDone, ChatRequest, GenerateDone, GenerateRequest
+from api.relay import collect, stream_response
+
+router = APIRouter(route_class=flavour_route_class(serving.render_error))
+
+RequestIdHeader = Header(default=None, alias="X-Request-ID")
+
+
+@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+async def root() -> str:
+    """The liveness line Ollama tools look for."""
+    return "Ollama is running"
+
+
+@router.post("/api/generate", response_model=None)
+async def generate(
+    body: GenerateRequest, state: StateDep, request_id: str | None = RequestIdHeader
+) -> GenerateDone | Response:
+    if not body.prompt:
+        await require_live_worker(state, body.target)
+        return serving.loaded_generate(body.model)
+    job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
+    job = await serving.fit_context(state, job, body.options.num_ctx)
+    stream = await submit(state, job)
+    if body.stream:
+        return await stream_response(stream, lambda: serving.GenerateEncoder(job, body.model))
+    text, done = await collect(stream)
+    return serving.generate_done(job, body.model, text, done)
+
+
+@router.post("/api/chat", response_model=None)
+async def chat(
+    body: ChatRequest, state: StateDep, request_id: str | None = RequestIdHeader
+) -> ChatDone | Response:
+    if not body.messages:
+        await require_live_worker(state, body.target)
+        return serving.loaded_chat(body.model)
+    job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
+    job = await serving.fit_context(state, job, body.options.num_ctx)
+    stream = await submit(state, job)
+    if body.stream:
+        return await stream_response(stream, lambda: serving.ChatEncoder(job, body.model))
+    text, done = await collect(stream)
+    return serving.chat_done(job, body.model, text, done)
+
+
+@router.get("/api/tags")
+async def tags(state: StateDep) -> TagsResponse:
+    """The models with a live worker."""
+    models = catalog.served_models(await live_models(state))
+    return TagsResponse(models=[catalog.listed(served) for served in models])
+
+
+@router.get("/api/ps")
+async def ps(state: StateDep) -> PsResponse:
+    """The models loaded in a live worker: all of them, as workers load theirs at start."""
+    models = catalog.served_models(await live_models(state))
+    return PsResponse(models=[catalog.running(served) for served in models])
+
+
+@router.post("/api/show")
+async def show(body: ShowRequest, state: StateDep) -> ShowResponse:
+    served = catalog.served(body.target, await require_live_worker(state, body.target))
+    if served is None:
+        raise NoWorkerError(f"no live worker of '{body.requested}' has described its model file")
+    return catalog.show(served)
+
+
+@router.get("/api/version")
+async def version() -> VersionResponse:
+    return VersionResponse(version=importlib.metadata.version("tokenq"))
