@@ -5,8 +5,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import health
+from api import health, metrics
 from api.openai.router import router as openai_router
+from api.request_id import RequestIdMiddleware
 from api.state import AppState
 from shared.settings import ApiSettings
 
@@ -24,6 +25,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await state.close()
 
     app = FastAPI(title="tokenq", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(openai_router)
     return app
