@@ -54,23 +54,23 @@ class RequestObservation:
         self._last_token: float | None = None
         self._first_token_s: float | None = None
         self._closed = False
-        self._inter_token: Histogram | None = None  # the job's model's, once it is known
+        self._inter_token: Histogram | None = None  # the model's, from its first token on
         metrics.in_flight.labels(flavour).inc()
 
     def submitted(self, job: GenerationJob) -> None:
         self.job = job
         self._arrived = job.created_at
-        self._inter_token = self._metrics.inter_token_latency.labels(job.model)
         logs.bind(job_id=job.id, model=job.model)
 
     def event(self, event: Event) -> None:
         """One event of the job's stream (the hot path)."""
         if event.type == "token":
             now = time.perf_counter()
-            if self._last_token is None:
+            if self._inter_token is None:  # the first token: the model is a real one
                 self._first_token_s = time.time() - self._arrived
                 self._metrics.time_to_first_token.labels(self._model).observe(self._first_token_s)
-            elif self._inter_token is not None:
+                self._inter_token = self._metrics.inter_token_latency.labels(self._model)
+            elif self._last_token is not None:
                 self._inter_token.observe(now - self._last_token)
             self._last_token = now
             return

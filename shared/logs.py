@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Literal
 
+from pythonjsonlogger.core import RESERVED_ATTRS
+
 LogFormat = Literal["json", "text"]
 
 _fields: ContextVar[dict[str, str] | None] = ContextVar("tokenq_log_fields", default=None)
@@ -66,8 +68,11 @@ def logging_config(fmt: LogFormat = "json", level: str = "INFO") -> dict[str, An
         "formatters": {
             "json": {
                 "()": "pythonjsonlogger.json.JsonFormatter",
-                "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-                "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+                "fmt": "%(levelname)s %(name)s %(process)d %(message)s",
+                "timestamp": "time",  # ISO 8601, UTC
+                "rename_fields": {"levelname": "level", "name": "logger"},
+                # uvicorn repeats each message with terminal colours in `color_message`.
+                "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
             },
             "text": {"()": TextFormatter},
         },

@@ -17,13 +17,23 @@ import time
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# The `*_created` series of the text format only double the series count in Prometheus.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Latency buckets wide enough for a 135M model on two CPU cores (~10 ms a token, a prompt in
 # tens to hundreds of ms), a GPU (a few ms a token), and a queue under load (tens of seconds).
