@@ -38,3 +38,4 @@ class AppState:
     async def close(self) -> None:
         await self.redis.aclose()
         self.sync_redis.close()
+        self.metrics.process_exited()

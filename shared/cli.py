@@ -51,7 +51,7 @@ def api(
     given = {"host": host, "port": port, "workers": workers}
     settings = ApiSettings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
     log_config = _logging(settings)
-    if settings.workers == 1:
+    if settings.workers == 1 and not os.environ.get(MULTIPROC_DIR_ENV):
         uvicorn.run(
             create_app(settings), host=settings.host, port=settings.port, log_config=log_config
         )
@@ -75,6 +75,7 @@ def _multiprocess_dir() -> Iterator[None]:
     run's files, or a temporary one removed afterwards."""
     given = os.environ.get(MULTIPROC_DIR_ENV)
     if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
         for stale in Path(given).glob("*.db"):
             stale.unlink()
         yield

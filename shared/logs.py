@@ -47,6 +47,17 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class QuietProbes(logging.Filter):
+    """Leaves scrapes and probes (`/metrics`, `/healthz`, `/readyz`) out of the access log."""
+
+    PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn.access: (client, method, path with query, HTTP version, status)
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) > 2 and args[2] in self.PATHS)
+
+
 class TextFormatter(logging.Formatter):
     """For a terminal: the usual line, then the bound fields as key=value."""
 
@@ -64,7 +75,7 @@ def logging_config(fmt: LogFormat = "json", level: str = "INFO") -> dict[str, An
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": ContextFilter}},
+        "filters": {"context": {"()": ContextFilter}, "probes": {"()": QuietProbes}},
         "formatters": {
             "json": {
                 "()": "pythonjsonlogger.json.JsonFormatter",
@@ -87,7 +98,8 @@ def logging_config(fmt: LogFormat = "json", level: str = "INFO") -> dict[str, An
         "root": {"level": level, "handlers": ["stderr"]},
         # uvicorn's loggers have handlers of their own unless told otherwise.
         "loggers": {
-            name: {"handlers": [], "propagate": True}
-            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+            "uvicorn": {"handlers": [], "propagate": True},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+            "uvicorn.access": {"handlers": [], "propagate": True, "filters": ["probes"]},
         },
     }

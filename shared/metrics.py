@@ -26,7 +26,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
@@ -130,6 +130,11 @@ class ApiMetrics:
             "tokenq_generation_tokens", "Tokens generated for completed requests.", model,
             registry=r,
         )  # fmt: skip
+
+    def process_exited(self) -> None:
+        """Drop this process's live gauges (requests in flight) from the multiprocess sum."""
+        if os.environ.get(MULTIPROC_DIR_ENV):
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     def exposition(self) -> Collector:
         """This process's metrics, or, in multiprocess mode, the sum over all processes."""
