@@ -144,10 +144,11 @@ def flavour_route_class(render: ErrorRenderer, flavour: Flavour) -> type[APIRout
                     except BaseException:  # cancelled: the client went away
                         observation.close(CLIENT_CLOSED)
                         raise
-                if isinstance(response, StreamingResponse):
-                    response.body_iterator = observation.follow(response.body_iterator, _status)
-                else:
-                    observation.close(response.status_code)
+                if isinstance(response, StreamingResponse):  # over once its body is sent
+                    return observe.UntilSent(
+                        response, lambda: observation.close(_status(observation.terminal))
+                    )
+                observation.close(response.status_code)
                 return response
 
             return route

@@ -8,11 +8,13 @@ histogram observation.
 
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from fastapi import Response
 from prometheus_client import Histogram
+from starlette.types import Receive, Scope, Send
 
 from shared import logs
 from shared.events import Event, TerminalEvent
@@ -48,7 +50,7 @@ class RequestObservation:
         self._metrics = metrics
         self.flavour = flavour
         self._counted = counted
-        self._arrived = time.time()
+        self._arrived = time.time()  # TTFT and end-to-end latency count from here
         self.job: GenerationJob | None = None
         self.terminal: TerminalEvent | None = None
         self._last_token: float | None = None
@@ -59,7 +61,6 @@ class RequestObservation:
 
     def submitted(self, job: GenerationJob) -> None:
         self.job = job
-        self._arrived = job.created_at
         logs.bind(job_id=job.id, model=job.model)
 
     def event(self, event: Event) -> None:
@@ -95,7 +96,8 @@ class RequestObservation:
         metrics, flavour = self._metrics, self.flavour
         model = self._model if model_known else ""
         metrics.in_flight.labels(flavour).dec()
-        if self._counted or self.job is not None:
+        counted = self._counted or self.job is not None
+        if counted:
             metrics.requests.labels(model, flavour, str(status)).inc()
         if rejection is not None:
             metrics.rejections.labels(model, rejection).inc()
@@ -104,20 +106,8 @@ class RequestObservation:
         elapsed = time.time() - self._arrived
         if status == 200 and self.job is not None:
             metrics.e2e_latency.labels(model).observe(elapsed)
-        if self._counted or self.job is not None:
+        if counted:
             self._log(status, rejection, elapsed)
-
-    async def follow(
-        self,
-        body: AsyncIterable[str | bytes | memoryview],
-        status_of: Callable[[TerminalEvent | None], int],
-    ) -> AsyncIterator[str | bytes | memoryview]:
-        """Pass a streamed body through and close with `status_of(terminal)` at its end."""
-        try:
-            async for chunk in body:
-                yield chunk
-        finally:
-            self.close(status_of(self.terminal))
 
     @property
     def _model(self) -> str:
@@ -138,3 +128,22 @@ class RequestObservation:
             fields["completion_tokens"] = self.terminal.usage.completion_tokens
             fields["finish_reason"] = str(self.terminal.finish_reason)
         log.info("request finished", extra=fields)
+
+
+class UntilSent(Response):
+    """A response that calls `on_end` once it has been sent, or has failed to be (the client
+    went away), even if its body was never started."""
+
+    def __init__(self, inner: Response, on_end: Callable[[], None]) -> None:
+        # Only sent, never rendered: the inner response carries the status, headers and body.
+        self.inner = inner
+        self.status_code = inner.status_code
+        self.raw_headers = inner.raw_headers
+        self.background = None
+        self._on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self._on_end()

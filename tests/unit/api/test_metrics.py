@@ -4,16 +4,19 @@ the queue state read at scrape time, and X-Request-ID."""
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 import fakeredis
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ConnectionError as RedisConnectionError
+from starlette.responses import StreamingResponse
+from starlette.types import Message
 
 from api import jobs
 from api.app import create_app
 from api.errors import QueueFullError
-from api.observe import RequestObservation
+from api.observe import RequestObservation, UntilSent
 from api.state import AppState
 from shared import keys, registry
 from shared.events import DoneEvent, FinishReason, Timings, TokenEvent, Usage
@@ -193,7 +196,8 @@ async def test_request_id_is_made_up_when_missing_or_unusable(harness: Harness) 
     assert odd.headers["x-request-id"] != "x" * 500
 
 
-async def test_a_stream_closed_early_is_a_cancellation() -> None:
+@pytest.mark.parametrize("cut_at", [0, 2], ids=["before-the-body", "mid-stream"])
+async def test_a_stream_cut_short_is_a_cancellation(cut_at: int) -> None:
     metrics = ApiMetrics()
     observation = RequestObservation(metrics, Flavour.OPENAI, counted=True)
 
@@ -202,9 +206,22 @@ async def test_a_stream_closed_early_is_a_cancellation() -> None:
             observation.event(TokenEvent(index=0, text="x"))
             yield b"frame"
 
-    frames = observation.follow(body(), lambda terminal: 200 if terminal else 499)
-    await anext(frames)
-    await frames.aclose()  # what Starlette does when the client goes away
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        if len(sent) == cut_at:  # the client leaves: the server cancels the response
+            raise anyio.get_cancelled_exc_class()
+        sent.append(message)
+
+    async def receive() -> Message:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    response = UntilSent(
+        StreamingResponse(body()), lambda: observation.close(200 if observation.terminal else 499)
+    )
+    with pytest.raises(anyio.get_cancelled_exc_class()):
+        await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
     get = metrics.registry.get_sample_value
     assert get("tokenq_request_cancellations_total", {"model": "", "flavour": "openai"}) == 1
     assert get("tokenq_requests_total", {"model": "", "flavour": "openai", "status": "499"}) == 1
