@@ -25,7 +25,7 @@ redis-server:
 
 deploy-tools:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
-	  command -v nginx >/dev/null || { \
+	  { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
 	    prometheus nginx-light; }
