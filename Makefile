@@ -1,26 +1,34 @@
 # The two set-up commands of the README: `make run` and `make test`. Both are idempotent and
-# install what they need: redis-server (apt) if missing, a virtualenv, the project, the model.
+# install what they need: redis-server (apt) if missing, a virtualenv, the project, the model;
+# `make test` also Prometheus (with promtool) and nginx, which the deploy tests start directly.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint redis-server
+.PHONY: run test lint redis-server deploy-tools
 
 run: redis-server $(VENV)/.runtime
 	$(VENV)/bin/tokenq up
 
-test: redis-server $(VENV)/.test lint
+test: redis-server deploy-tools $(VENV)/.test lint
 	$(VENV)/bin/pytest -q -rs
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check api worker shared tests deploy
-	$(VENV)/bin/mypy api worker shared
+	$(VENV)/bin/mypy api worker shared deploy/locust
 
 redis-server:
 	@command -v redis-server >/dev/null || { \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q redis-server; }
+
+deploy-tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
+	  { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
+	    prometheus nginx-light; }
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV) || { \

@@ -5,10 +5,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import health
+from api import health, metrics
 from api.anthropic.router import router as anthropic_router
 from api.ollama.router import router as ollama_router
 from api.openai.router import router as openai_router
+from api.request_id import RequestIdMiddleware
 from api.state import AppState
 from shared.settings import ApiSettings
 
@@ -26,7 +27,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await state.close()
 
     app = FastAPI(title="tokenq", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(openai_router)
     app.include_router(anthropic_router)
     app.include_router(ollama_router)

@@ -1,7 +1,9 @@
 """One error hierarchy, mapped to HTTP statuses here and rendered in each flavour's shape.
 
 Routes raise these; a flavour's route class (`flavour_route_class`) catches them, and also
-request validation and Redis failures, and hands them to that flavour's renderer.
+request validation and Redis failures, and hands them to that flavour's renderer. The same
+route class observes every request (api/observe.py): an error whose class names a
+`rejection` reason is counted as a rejection with that reason.
 """
 
 import logging
@@ -11,10 +13,14 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
 
-from shared.events import ErrorCode, ErrorEvent
+from api import observe
+from shared.events import ErrorCode, ErrorEvent, TerminalEvent
+from shared.job import Flavour
+from shared.metrics import CLIENT_CLOSED, RejectReason
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,7 @@ class ApiError(Exception):
     status: int = 500
     kind: ErrorKind = ErrorKind.INTERNAL
     code: str = "internal_error"
+    rejection: RejectReason | None = None  # counted as a rejection with this reason
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -46,6 +53,7 @@ class ApiError(Exception):
 
 class InvalidRequestError(ApiError):
     status, kind, code = 400, ErrorKind.INVALID_REQUEST, "invalid_request"
+    rejection = RejectReason.BAD_REQUEST
 
     @classmethod
     def from_validation(cls, exc: RequestValidationError) -> "InvalidRequestError":
@@ -61,14 +69,17 @@ class ContextLengthExceededError(InvalidRequestError):
 
 class ModelNotFoundError(ApiError):
     status, kind, code = 404, ErrorKind.NOT_FOUND, "model_not_found"
+    rejection = RejectReason.MODEL_NOT_FOUND
 
 
 class NoWorkerError(ApiError):
     status, kind, code = 503, ErrorKind.UNAVAILABLE, "model_unavailable"
+    rejection = RejectReason.NO_WORKER
 
 
 class QueueFullError(ApiError):
     status, kind, code = 429, ErrorKind.RATE_LIMITED, "rate_limit_exceeded"
+    rejection = RejectReason.QUEUE_FULL
 
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message)
@@ -84,6 +95,7 @@ class BackendUnavailableError(ApiError):
 
 class DeadlineExceededError(ApiError):
     status, kind, code = 504, ErrorKind.TIMEOUT, "deadline_exceeded"
+    rejection = RejectReason.DEADLINE
 
 
 class WorkerError(ApiError):
@@ -107,30 +119,60 @@ def from_event(event: ErrorEvent) -> ApiError:
 ErrorRenderer = Callable[[ApiError], Response]
 
 
-def flavour_route_class(render: ErrorRenderer) -> type[APIRoute]:
-    """A route class whose errors all come out in one flavour's shape."""
+def flavour_route_class(render: ErrorRenderer, flavour: Flavour) -> type[APIRoute]:
+    """A route class whose errors all come out in one flavour's shape, and whose requests
+    are observed (metrics, request log) under that flavour."""
 
     class FlavourRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
+            counted = self.body_field is not None
 
             async def route(request: Request) -> Response:
-                try:
-                    return await handler(request)
-                except ApiError as exc:
-                    return render(exc)
-                except RequestValidationError as exc:
-                    return render(InvalidRequestError.from_validation(exc))
-                except RedisError as exc:
-                    log.warning("redis unavailable: %s", exc)
-                    return render(BackendUnavailableError("the queue backend is unavailable"))
-                except Exception:
-                    log.exception("unhandled error on %s", request.url.path)
-                    return render(ApiError("internal server error"))
+                metrics = request.app.state.tokenq.metrics
+                with observe.observing(metrics, flavour, counted=counted) as observation:
+                    try:
+                        response = await handler(request)
+                    except Exception as exc:
+                        error = _as_api_error(exc, request)
+                        observation.close(
+                            error.status,
+                            error.rejection,
+                            model_known=not isinstance(error, ModelNotFoundError),
+                        )
+                        return render(error)
+                    except BaseException:  # cancelled: the client went away
+                        observation.close(CLIENT_CLOSED)
+                        raise
+                if isinstance(response, StreamingResponse):  # over once its body is sent
+                    return observe.UntilSent(
+                        response, lambda: observation.close(_status(observation.terminal))
+                    )
+                observation.close(response.status_code)
+                return response
 
             return route
 
     return FlavourRoute
+
+
+def _as_api_error(exc: Exception, request: Request) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return InvalidRequestError.from_validation(exc)
+    if isinstance(exc, RedisError):
+        log.warning("redis unavailable: %s", exc)
+        return BackendUnavailableError("the queue backend is unavailable")
+    log.exception("unhandled error on %s", request.url.path)
+    return ApiError("internal server error")
+
+
+def _status(terminal: TerminalEvent | None) -> int:
+    """A streamed request's status: 200, its in-stream error's, or 499 if it never ended."""
+    if terminal is None:
+        return CLIENT_CLOSED
+    return 200 if terminal.type == "done" else from_event(terminal).status
 
 
 def _describe(error: Any) -> tuple[str, str]:

@@ -12,7 +12,9 @@ from types import TracebackType
 import anyio
 from redis.asyncio.client import PubSub
 
+from api import observe
 from api.errors import BackendUnavailableError, ModelNotFoundError, NoWorkerError
+from api.observe import RequestObservation
 from api.state import AppState
 from shared import keys, registry
 from shared.events import ErrorCode, ErrorEvent, Event, parse_event
@@ -49,10 +51,17 @@ class JobStream:
     waiting forever: every wait here has a deadline.
     """
 
-    def __init__(self, pubsub: PubSub, job: GenerationJob, event_timeout_s: float) -> None:
+    def __init__(
+        self,
+        pubsub: PubSub,
+        job: GenerationJob,
+        event_timeout_s: float,
+        observation: RequestObservation | None = None,
+    ) -> None:
         self.job = job
         self._pubsub = pubsub
         self._event_timeout_s = event_timeout_s
+        self._observation = observation
 
     async def __aenter__(self) -> "JobStream":
         return self
@@ -75,14 +84,13 @@ class JobStream:
         seen_any = False
         while True:
             message = await self._next_message(wait_until)
-            if message is None:
-                yield self._silence_error(seen_any)
-                return
-            event = parse_event(message)
-            seen_any = True
+            event = parse_event(message) if message is not None else self._silence_error(seen_any)
+            if self._observation is not None:
+                self._observation.event(event)
             yield event
             if event.type != "token":
                 return
+            seen_any = True
             wait_until = time.time() + self._event_timeout_s
 
     async def _next_message(self, wait_until: float) -> bytes | None:
@@ -106,6 +114,9 @@ class JobStream:
 
 async def submit(state: AppState, job: GenerationJob) -> JobStream:
     """Check the model is served, subscribe to the job's events, then enqueue it."""
+    observation = observe.current()
+    if observation is not None:
+        observation.submitted(job)
     await require_live_worker(state, job.model)
     pubsub = state.redis.pubsub()
     try:
@@ -116,7 +127,7 @@ async def submit(state: AppState, job: GenerationJob) -> JobStream:
         with anyio.CancelScope(shield=True):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
         raise
-    return JobStream(pubsub, job, state.settings.event_timeout_s)
+    return JobStream(pubsub, job, state.settings.event_timeout_s, observation)
 
 
 async def _confirm_subscription(pubsub: PubSub, timeout_s: float) -> None:

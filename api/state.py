@@ -6,6 +6,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from api.tokenizers import Tokenizers
+from shared.metrics import ApiMetrics
 from shared.settings import ApiSettings
 
 
@@ -15,6 +16,7 @@ class AppState:
     redis: AsyncRedis  # events, registry reads
     sync_redis: Redis  # RQ enqueue, which is synchronous; used from a thread
     tokenizers: Tokenizers
+    metrics: ApiMetrics
 
     @classmethod
     def connect(cls, settings: ApiSettings) -> "AppState":
@@ -31,8 +33,9 @@ class AppState:
 
     @classmethod
     def build(cls, settings: ApiSettings, redis: AsyncRedis, sync_redis: Redis) -> "AppState":
-        return cls(settings, redis, sync_redis, Tokenizers(redis))
+        return cls(settings, redis, sync_redis, Tokenizers(redis), ApiMetrics())
 
     async def close(self) -> None:
         await self.redis.aclose()
         self.sync_redis.close()
+        self.metrics.process_exited()

@@ -1,14 +1,19 @@
 """The `tokenq` command: `up` (all in one, for development), `api`, `worker`."""
 
 import logging
+import logging.config
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import typer
@@ -16,32 +21,71 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 
-from shared.settings import DEFAULT_MODEL, ApiSettings, WorkerSettings
+from shared.logs import logging_config
+from shared.metrics import MULTIPROC_DIR_ENV
+from shared.settings import DEFAULT_MODEL, ApiSettings, Settings, WorkerSettings
 
 app = typer.Typer(help="tokenq: an LLM API that scales out on Redis.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _logging(settings: Settings) -> dict[str, Any]:
+    config = logging_config(settings.log_format)
+    logging.config.dictConfig(config)
+    return config
 
 
 @app.command()
 def api(
     host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="uvicorn worker processes (/metrics sums them all).")
+    ] = None,
 ) -> None:
     """Run one API front end (FastAPI under uvicorn)."""
     import uvicorn
 
     from api.app import create_app
 
-    _logging()
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = ApiSettings(**overrides)  # type: ignore[arg-type]
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    given = {"host": host, "port": port, "workers": workers}
+    settings = ApiSettings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+    log_config = _logging(settings)
+    if settings.workers == 1 and not os.environ.get(MULTIPROC_DIR_ENV):
+        uvicorn.run(
+            create_app(settings), host=settings.host, port=settings.port, log_config=log_config
+        )
+        return
+    # Each process is a fresh interpreter that builds its app from the environment, and
+    # counts its metrics in files that /metrics sums (prometheus-client multiprocess mode).
+    with _multiprocess_dir():
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=log_config,
+        )
+
+
+@contextmanager
+def _multiprocess_dir() -> Iterator[None]:
+    """PROMETHEUS_MULTIPROC_DIR for the API's processes: the one given, emptied of a previous
+    run's files, or a temporary one removed afterwards."""
+    given = os.environ.get(MULTIPROC_DIR_ENV)
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="tokenq-metrics-") as path:
+        os.environ[MULTIPROC_DIR_ENV] = path
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_DIR_ENV]
 
 
 @app.command()
@@ -53,19 +97,29 @@ def worker(
     n_gpu_layers: Annotated[
         int | None, typer.Option("--n-gpu-layers", help="Layers to offload, -1 for all.")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve /metrics, /healthz and /readyz on this port."),
+    ] = None,
+    metrics_host: Annotated[
+        str | None, typer.Option("--metrics-host", help="Address for the metrics port.")
+    ] = None,
 ) -> None:
     """Run one worker pinned to one model."""
     from worker.main import run_worker
 
-    _logging()
     given = {
         "model": model,
         "gguf": gguf,
         "n_ctx": n_ctx,
         "threads": threads,
         "n_gpu_layers": n_gpu_layers,
+        "metrics_port": metrics_port,
+        "metrics_host": metrics_host,
     }
-    run_worker(WorkerSettings(**{k: v for k, v in given.items() if v is not None}))  # type: ignore[arg-type]
+    settings = WorkerSettings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+    _logging(settings)
+    run_worker(settings)
 
 
 @app.command()

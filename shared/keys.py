@@ -1,7 +1,11 @@
 """Every Redis key and channel name tokenq uses, built in one place.
 
-No other module spells a key literal: call these functions instead.
+No other module spells a key literal: call these functions instead. RQ's own keys are built
+from RQ's own templates, so they follow RQ.
 """
+
+from rq import Queue
+from rq.registry import StartedJobRegistry
 
 PREFIX = "tokenq"
 
@@ -34,3 +38,13 @@ def known_models() -> str:
 def model_facts(digest: str) -> str:
     """A model file's facts (shared/model_facts.py) by its content's sha256; never expires."""
     return f"{PREFIX}:facts:{digest}"
+
+
+def rq_queue_key(model: str) -> str:
+    """The Redis list RQ keeps a model's waiting jobs in (KEDA scales workers on its length)."""
+    return Queue.redis_queue_namespace_prefix + queue_name(model)
+
+
+def rq_started_key(model: str) -> str:
+    """RQ's sorted set of a model's running jobs, scored by when each one's lease lapses."""
+    return StartedJobRegistry.key_template.format(queue_name(model))

@@ -5,7 +5,7 @@ CLI flags override the environment by being passed as constructor arguments.
 
 import importlib.metadata
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     )
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     heartbeat_ttl_s: float = Field(default=5.0, gt=0, description="A worker is dead after this.")
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="One JSON object a line, or plain text for a terminal."
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -58,6 +61,9 @@ class Settings(BaseSettings):
 class ApiSettings(Settings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(
+        default=1, ge=1, description="uvicorn worker processes; /metrics sums over them all."
+    )
 
 
 class WorkerSettings(Settings):
@@ -67,6 +73,10 @@ class WorkerSettings(Settings):
     threads: int | None = Field(default=None, ge=1, description="CPU threads; None: all cores.")
     n_gpu_layers: int = Field(default=0, ge=-1, description="Layers offloaded; -1 means all.")
     flash_attn: bool = Field(default=False, description="Off is faster on CPU for small models.")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Serve /metrics, /healthz, /readyz here."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address for the metrics port.")
 
     def gguf_path(self) -> Path:
         return self.gguf if self.gguf is not None else default_gguf_path()

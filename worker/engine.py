@@ -18,6 +18,7 @@ class EngineInfo:
     backend: str  # "cpu" or "cuda"
     slots: int
     load_seconds: float
+    quantization: str = "unknown"  # e.g. "Q4_1", from the GGUF's file type
 
 
 @dataclass(frozen=True)

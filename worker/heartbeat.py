@@ -5,6 +5,7 @@ RQ's SimpleWorker runs the job in the main thread and sends no heartbeat of its 
 
 import logging
 import threading
+from collections.abc import Callable
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -16,16 +17,26 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    def __init__(self, redis: Redis, info: WorkerInfo, interval_s: float, ttl_s: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        info: WorkerInfo,
+        interval_s: float,
+        ttl_s: float,
+        on_beat: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`on_beat` is called after each heartbeat that reached Redis."""
         self._redis = redis
         self._info = info
         self._interval_s = interval_s
         self._ttl_s = ttl_s
+        self._on_beat = on_beat
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
         registry.heartbeat(self._redis, self._info, self._ttl_s)
+        self._on_beat()
         self._thread.start()
         return self
 
@@ -43,3 +54,5 @@ class Heartbeat:
                 registry.heartbeat(self._redis, self._info, self._ttl_s)
             except RedisError as exc:  # Redis may come back; keep trying
                 log.warning("heartbeat failed: %s", exc)
+            else:
+                self._on_beat()

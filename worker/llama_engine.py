@@ -15,6 +15,18 @@ log = logging.getLogger(__name__)
 
 _SLOT = 0
 
+_FILE_TYPES = {
+    getattr(llama_cpp, name): name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_")
+    for name in dir(llama_cpp)
+    if name.startswith("LLAMA_FTYPE_") and name != "LLAMA_FTYPE_GUESSED"
+}
+
+
+def quantization(metadata: dict[str, str]) -> str:
+    """The weights' type as llama.cpp names it ("Q4_1", "F16", ...), from `general.file_type`."""
+    file_type = metadata.get("general.file_type", "")
+    return _FILE_TYPES.get(int(file_type), "unknown") if file_type.isdigit() else "unknown"
+
 
 class LlamaEngine:
     """One model loaded once; prompts rendered with the GGUF's own chat template."""
@@ -46,6 +58,7 @@ class LlamaEngine:
             backend="cuda" if offloaded else "cpu",
             slots=1,
             load_seconds=time.perf_counter() - started,
+            quantization=quantization(self._llama.metadata),
         )
         self._sequence: Generator[int, None, None] | None = None
 

@@ -11,12 +11,14 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
+from shared.metrics import WorkerMetrics
 from shared.model_facts import describe
 from shared.queues import model_queue
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
 from worker.heartbeat import Heartbeat
 from worker.llama_engine import LlamaEngine
+from worker.observe import WorkerObserver, serve
 from worker.publisher import RedisPublisher
 from worker.runner import JobRunner
 from worker.tasks import current_runner
@@ -41,6 +43,9 @@ class ModelWorker(SimpleWorker):
 
 def run_worker(settings: WorkerSettings) -> None:
     """Serve `settings.model` until SIGTERM/SIGINT (the running job is finished first)."""
+    observer = WorkerObserver(WorkerMetrics(settings.model), settings.heartbeat_ttl_s)
+    if settings.metrics_port is not None:  # up before the model loads: liveness during a load
+        serve(observer, settings.metrics_host, settings.metrics_port)
     gguf = settings.gguf_path()
     log.info("loading %s for model %s", gguf, settings.model)
     redis = Redis.from_url(settings.redis_url, health_check_interval=10)
@@ -64,12 +69,14 @@ def run_worker(settings: WorkerSettings) -> None:
         pid=os.getpid(),
         facts=facts.result(),
     )
-    runner = JobRunner(engine, RedisPublisher(redis))
+    observer.loaded(info, engine.info)
+    runner = JobRunner(engine, RedisPublisher(redis), observer)
     queue = model_queue(redis, settings.model)
     with Heartbeat(
         Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s),
         info,
         interval_s=settings.heartbeat_interval_s,
         ttl_s=settings.heartbeat_ttl_s,
+        on_beat=observer.heartbeat,
     ):
         ModelWorker(runner, queue).work(with_scheduler=False, logging_level="WARNING")

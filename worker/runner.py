@@ -8,6 +8,7 @@ import random
 import time
 from typing import Protocol
 
+from shared import logs
 from shared.events import (
     DoneEvent,
     ErrorCode,
@@ -65,24 +66,46 @@ class _Output:
             self._index += 1
 
 
+class JobObserver(Protocol):
+    """Told when each job starts and ends (metrics, log lines); see worker/observe.py."""
+
+    def started(self, job: GenerationJob) -> None: ...
+
+    def finished(self, job: GenerationJob, terminal: TerminalEvent | None) -> None: ...
+
+
 class JobRunner:
     """Runs jobs one after another on one engine."""
 
-    def __init__(self, engine: Engine, publisher: Publisher) -> None:
+    def __init__(
+        self, engine: Engine, publisher: Publisher, observer: JobObserver | None = None
+    ) -> None:
         self.engine = engine
         self.publisher = publisher
+        self.observer = observer
 
     def run(self, job: GenerationJob) -> TerminalEvent:
         """Run `job` to its end and publish its events; returns the terminal event."""
+        with logs.log_context(job_id=job.id, request_id=job.request_id, model=job.model):
+            if self.observer is not None:
+                self.observer.started(job)
+            terminal: TerminalEvent | None = None
+            try:
+                terminal = self._outcome(job)
+                self.publisher.publish(job.id, terminal)
+            finally:
+                if self.observer is not None:
+                    self.observer.finished(job, terminal)
+        return terminal
+
+    def _outcome(self, job: GenerationJob) -> TerminalEvent:
         try:
-            terminal: TerminalEvent = self._generate(job)
+            return self._generate(job)
         except JobError as exc:
-            terminal = ErrorEvent(code=exc.code, message=exc.message)
+            return ErrorEvent(code=exc.code, message=exc.message)
         except Exception:
             log.exception("job %s failed", job.id)
-            terminal = ErrorEvent(code=ErrorCode.INTERNAL, message="the worker failed the job")
-        self.publisher.publish(job.id, terminal)
-        return terminal
+            return ErrorEvent(code=ErrorCode.INTERNAL, message="the worker failed the job")
 
     def _generate(self, job: GenerationJob) -> DoneEvent:
         started = time.time()

@@ -13,8 +13,11 @@ from api.deps import StateDep
 from api.errors import flavour_route_class
 from api.jobs import count_prompt, submit
 from api.relay import collect, stream_response
+from shared.job import Flavour
 
-router = APIRouter(prefix="/v1", route_class=flavour_route_class(serving.render_error))
+router = APIRouter(
+    prefix="/v1", route_class=flavour_route_class(serving.render_error, Flavour.ANTHROPIC)
+)
 
 RequestIdHeader = Header(default=None, alias="X-Request-ID")
 

@@ -17,8 +17,9 @@ from api.ollama import catalog, serving
 from api.ollama.catalog import PsResponse, ShowRequest, ShowResponse, TagsResponse, VersionResponse
 from api.ollama.protocol import ChatDone, ChatRequest, GenerateDone, GenerateRequest
 from api.relay import collect, stream_response
+from shared.job import Flavour
 
-router = APIRouter(route_class=flavour_route_class(serving.render_error))
+router = APIRouter(route_class=flavour_route_class(serving.render_error, Flavour.OLLAMA))
 
 RequestIdHeader = Header(default=None, alias="X-Request-ID")
 

@@ -17,8 +17,11 @@ from api.openai.protocol import (
     ModelList,
 )
 from api.relay import collect, stream_response
+from shared.job import Flavour
 
-router = APIRouter(prefix="/v1", route_class=flavour_route_class(serving.render_error))
+router = APIRouter(
+    prefix="/v1", route_class=flavour_route_class(serving.render_error, Flavour.OPENAI)
+)
 
 RequestIdHeader = Header(default=None, alias="X-Request-ID")
 

@@ -118,8 +118,19 @@ class Process:
 
 class WorkerProcess(Process):
     def __init__(self, redis: RedisServer, model: str, log: Path, *extra: str) -> None:
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
         super().__init__(
-            ["worker", "--model", model, "--threads", "2", *extra],
+            [
+                "worker",
+                "--model",
+                model,
+                "--threads",
+                "2",
+                "--metrics-port",
+                str(self.metrics_port),
+                *extra,
+            ],
             {"TOKENQ_REDIS_URL": redis.url},
             log,
         )
@@ -133,11 +144,13 @@ class WorkerProcess(Process):
 
 
 class ApiProcess(Process):
-    def __init__(self, redis: RedisServer, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, redis: RedisServer, log: Path, env: dict[str, str] | None = None, *extra: str
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
-            ["api", "--port", str(self.port)],
+            ["api", "--port", str(self.port), *extra],
             {"TOKENQ_REDIS_URL": redis.url, **(env or {})},
             log,
         )
