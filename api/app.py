@@ -5,7 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import health
+from api import control, health
 from api.openai.router import router as openai_router
 from api.state import AppState
 from shared.settings import ApiSettings
@@ -23,7 +23,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         finally:
             await state.close()
 
-    app = FastAPI(title="tokenq", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="tokenq",
+        version="0.1.0",
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,  # larger bodies: 413 in the flavour's shape
+    )
     app.include_router(health.router)
     app.include_router(openai_router)
+    app.include_router(control.router)
     return app

@@ -1,7 +1,8 @@
 """One error hierarchy, mapped to HTTP statuses here and rendered in each flavour's shape.
 
 Routes raise these; a flavour's route class (`flavour_route_class`) catches them, and also
-request validation and Redis failures, and hands them to that flavour's renderer.
+request validation, HTTP errors (an oversized body) and Redis failures, and hands them to
+that flavour's renderer. The route class also ends a request whose client went away.
 """
 
 import logging
@@ -9,10 +10,12 @@ from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from typing import Any
 
+import anyio
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 
 from shared.events import ErrorCode, ErrorEvent
 
@@ -59,6 +62,22 @@ class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
 
 
+class RequestTooLargeError(InvalidRequestError):
+    status, code = 413, "request_too_large"
+
+
+class JobNotCancellableError(InvalidRequestError):
+    status, code = 409, "job_not_cancellable"
+
+
+class JobCancelledError(ApiError):
+    status, kind, code = 409, ErrorKind.INVALID_REQUEST, "job_cancelled"
+
+
+class JobNotFoundError(ApiError):
+    status, kind, code = 404, ErrorKind.NOT_FOUND, "job_not_found"
+
+
 class ModelNotFoundError(ApiError):
     status, kind, code = 404, ErrorKind.NOT_FOUND, "model_not_found"
 
@@ -95,6 +114,8 @@ _FROM_EVENT: dict[ErrorCode, type[ApiError]] = {
     ErrorCode.INVALID_REQUEST: InvalidRequestError,
     ErrorCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     ErrorCode.WORKER_LOST: WorkerError,
+    ErrorCode.CANCELLED: JobCancelledError,
+    ErrorCode.BACKEND_UNAVAILABLE: BackendUnavailableError,
     ErrorCode.INTERNAL: WorkerError,
 }
 
@@ -102,6 +123,18 @@ _FROM_EVENT: dict[ErrorCode, type[ApiError]] = {
 def from_event(event: ErrorEvent) -> ApiError:
     """The API error for a worker's error event."""
     return _FROM_EVENT[event.code](event.message)
+
+
+def from_http(exc: HTTPException) -> ApiError:
+    """The API error for an HTTPException raised by the framework (e.g. 413 from the body cap)."""
+    if exc.status_code == 413:
+        return RequestTooLargeError("the request body is too large")
+    if exc.status_code < 500:
+        error: ApiError = InvalidRequestError(str(exc.detail))
+    else:
+        error = ApiError(str(exc.detail))
+    error.status = exc.status_code
+    return error
 
 
 ErrorRenderer = Callable[[ApiError], Response]
@@ -116,11 +149,14 @@ def flavour_route_class(render: ErrorRenderer) -> type[APIRoute]:
 
             async def route(request: Request) -> Response:
                 try:
-                    return await handler(request)
+                    await request.body()  # all of it (within the body cap) before watching
+                    return await until_disconnected(request, handler)
                 except ApiError as exc:
                     return render(exc)
                 except RequestValidationError as exc:
                     return render(InvalidRequestError.from_validation(exc))
+                except HTTPException as exc:
+                    return render(from_http(exc))
                 except RedisError as exc:
                     log.warning("redis unavailable: %s", exc)
                     return render(BackendUnavailableError("the queue backend is unavailable"))
@@ -131,6 +167,35 @@ def flavour_route_class(render: ErrorRenderer) -> type[APIRoute]:
             return route
 
     return FlavourRoute
+
+
+async def until_disconnected(
+    request: Request, handler: Callable[[Request], Coroutine[Any, Any, Response]]
+) -> Response:
+    """Run the handler until it answers or its client disconnects, whichever comes first.
+
+    Starlette notices a disconnect only once a response is streaming; a request waiting for
+    its job (queued, or collecting a whole answer) would otherwise hold the job after its
+    client left. Cancelling the handler closes its job stream, which cancels the job.
+    """
+    outcome: Response | Exception | None = None
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            log.info("client went away: %s %s", request.method, request.url.path)
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        try:
+            outcome = await handler(request)
+        except Exception as exc:  # re-raised below, outside the task group's ExceptionGroup
+            outcome = exc
+        group.cancel_scope.cancel()
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome or Response(status_code=499)  # nobody is left to read it
 
 
 def _describe(error: Any) -> tuple[str, str]:

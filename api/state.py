@@ -6,6 +6,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from api.tokenizers import Tokenizers
+from api.tracker import JobTracker
 from shared.settings import ApiSettings
 
 
@@ -15,6 +16,7 @@ class AppState:
     redis: AsyncRedis  # events, registry reads
     sync_redis: Redis  # RQ enqueue, which is synchronous; used from a thread
     tokenizers: Tokenizers
+    tracker: JobTracker
 
     @classmethod
     def connect(cls, settings: ApiSettings) -> "AppState":
@@ -30,8 +32,20 @@ class AppState:
         )
 
     @classmethod
-    def build(cls, settings: ApiSettings, redis: AsyncRedis, sync_redis: Redis) -> "AppState":
-        return cls(settings, redis, sync_redis, Tokenizers(redis))
+    def build(
+        cls,
+        settings: ApiSettings,
+        redis: AsyncRedis,
+        sync_redis: Redis,
+        tokenizers: Tokenizers | None = None,
+    ) -> "AppState":
+        return cls(
+            settings,
+            redis,
+            sync_redis,
+            tokenizers or Tokenizers(redis),
+            JobTracker(redis, settings.record_ttl_s),
+        )
 
     async def close(self) -> None:
         await self.redis.aclose()

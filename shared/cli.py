@@ -41,7 +41,14 @@ def api(
     _logging()
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = ApiSettings(**overrides)  # type: ignore[arg-type]
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    # On SIGTERM uvicorn stops accepting at once and gives open streams the grace period.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+    )
 
 
 @app.command()

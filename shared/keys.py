@@ -29,3 +29,28 @@ def worker_info(worker_id: str) -> str:
 def known_models() -> str:
     """Set of every model name a worker has ever registered."""
     return f"{PREFIX}:models"
+
+
+def job_record(job_id: str) -> str:
+    """Hash with one job's lifecycle: status, attempt, worker, timestamps (shared/lifecycle.py)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def waiting_jobs(model: str) -> str:
+    """Sorted set of a model's waiting RQ job ids, scored by their queue deadline."""
+    return f"{PREFIX}:waiting:{model}"
+
+
+def running_jobs(model: str) -> str:
+    """Sorted set of a model's running job ids, scored by when their worker's lease lapses."""
+    return f"{PREFIX}:running:{model}"
+
+
+def finished_jobs(model: str) -> str:
+    """Sorted set of a model's recently finished job attempts, scored by finish time."""
+    return f"{PREFIX}:finished:{model}"
+
+
+def run_slots(model: str) -> str:
+    """Sorted set of the workers allowed to take a model's jobs (`max_running`), by lease."""
+    return f"{PREFIX}:slots:{model}"

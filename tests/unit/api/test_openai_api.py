@@ -1,68 +1,10 @@
 """The API app over fakeredis, with jobs performed by the real RQ worker class on a fake engine."""
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import fakeredis
-import httpx
 import pytest
-from redis import Redis
 
-from api.app import create_app
-from api.state import AppState
-from shared import registry
-from shared.queues import model_queue
-from shared.registry import WorkerInfo
-from shared.settings import ApiSettings
-from tests.fakes import EOS, FakeEngine
-from worker.main import ModelWorker
-from worker.publisher import RedisPublisher
-from worker.runner import JobRunner
-
-MODEL = "m"
-
-
-@dataclass
-class Harness:
-    client: httpx.AsyncClient
-    redis: Redis
-    engine: FakeEngine
-
-    async def call(self, path: str, body: dict[str, object]) -> httpx.Response:
-        """POST, and once the job is queued, let the real worker class perform it."""
-        request = asyncio.create_task(self.client.post(path, json=body))
-        queue = model_queue(self.redis, MODEL)
-        while not request.done() and queue.count == 0:
-            await asyncio.sleep(0.005)
-        if queue.count:
-            runner = JobRunner(self.engine, RedisPublisher(self.redis))
-            ModelWorker(runner, queue).work(burst=True, with_scheduler=False)
-        return await request
-
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    server = fakeredis.FakeServer()
-    sync = fakeredis.FakeRedis(server=server)
-    settings = ApiSettings(models=[MODEL, "idle"], event_timeout_s=2)
-    app = create_app(settings)
-    app.state.tokenq = AppState.build(settings, fakeredis.FakeAsyncRedis(server=server), sync)
-    info = WorkerInfo(
-        worker_id="w1",
-        model=MODEL,
-        n_ctx=64,
-        backend="cpu",
-        gguf="x",
-        started_at=time.time(),
-        pid=1,
-    )
-    registry.heartbeat(sync, info, ttl_s=60)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://tokenq") as client:
-        yield Harness(client, sync, FakeEngine([b"Hello", b",", b" world", EOS]))
+from tests.unit.api.conftest import MODEL, Harness
 
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -178,7 +120,7 @@ async def test_bad_bodies_are_400_naming_the_parameter(
 
 
 async def test_no_worker_picks_the_job_up_is_a_deadline_error(harness: Harness) -> None:
-    harness.client._transport.app.state.tokenq.settings.queue_deadline_s = 0.2  # type: ignore[attr-defined]
+    harness.state.settings.queue_deadline_s = 0.2
     response = await harness.client.post("/v1/chat/completions", json=CHAT)
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "deadline_exceeded"
