@@ -6,7 +6,6 @@ import pytest
 
 from tests.unit.api.conftest import MODEL, Harness
 
-
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
