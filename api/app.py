@@ -11,25 +11,22 @@ from api.state import AppState
 from shared.settings import ApiSettings
 
 
-def create_app(settings: ApiSettings | None = None) -> FastAPI:
+def create_app(settings: ApiSettings | None = None, state: AppState | None = None) -> FastAPI:
+    """The app; its state connects to Redis at startup unless `state` is given (tests)."""
     settings = settings or ApiSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = AppState.connect(settings)
-        app.state.tokenq = state
+        app.state.tokenq = state or AppState.connect(settings)
         try:
             yield
         finally:
-            await state.close()
+            await app.state.tokenq.close()
 
-    app = FastAPI(
-        title="tokenq",
-        version="0.1.0",
-        lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,  # larger bodies: 413 in the flavour's shape
-    )
+    app = FastAPI(title="tokenq", version="0.1.0", lifespan=lifespan)
     app.include_router(health.router)
     app.include_router(openai_router)
     app.include_router(control.router)
+    if state is not None:  # usable without running the lifespan too
+        app.state.tokenq = state
     return app

@@ -1,8 +1,9 @@
 """One error hierarchy, mapped to HTTP statuses here and rendered in each flavour's shape.
 
 Routes raise these; a flavour's route class (`flavour_route_class`) catches them, and also
-request validation, HTTP errors (an oversized body) and Redis failures, and hands them to
-that flavour's renderer. The route class also ends a request whose client went away.
+request validation, framework HTTP errors and Redis failures, and hands them to that
+flavour's renderer. The route class also caps the request body and ends a request whose
+client went away.
 """
 
 import logging
@@ -126,9 +127,9 @@ def from_event(event: ErrorEvent) -> ApiError:
 
 
 def from_http(exc: HTTPException) -> ApiError:
-    """The API error for an HTTPException raised by the framework (e.g. 413 from the body cap)."""
-    if exc.status_code == 413:
-        return RequestTooLargeError("the request body is too large")
+    """The API error for an HTTPException raised by the framework (e.g. an unparsable body)."""
+    if isinstance(exc.__cause__, RecursionError):
+        return InvalidRequestError("the body is not valid JSON (nested too deeply)")
     if exc.status_code < 500:
         error: ApiError = InvalidRequestError(str(exc.detail))
     else:
@@ -149,7 +150,8 @@ def flavour_route_class(render: ErrorRenderer) -> type[APIRoute]:
 
             async def route(request: Request) -> Response:
                 try:
-                    await request.body()  # all of it (within the body cap) before watching
+                    request = CappedRequest(request.scope, request.receive)
+                    await request.body()  # all of it, within the cap, before watching
                     return await until_disconnected(request, handler)
                 except ApiError as exc:
                     return render(exc)
@@ -167,6 +169,26 @@ def flavour_route_class(render: ErrorRenderer) -> type[APIRoute]:
             return route
 
     return FlavourRoute
+
+
+class CappedRequest(Request):
+    """A request whose body may not exceed the app's `max_body_bytes` (413 beyond it)."""
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            limit: int = self.app.state.tokenq.settings.max_body_bytes
+            declared = self.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise RequestTooLargeError(f"the request body is over {limit} bytes")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in self.stream():  # no Content-Length: count as it arrives
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLargeError(f"the request body is over {limit} bytes")
+                chunks.append(chunk)
+            self._body = b"".join(chunks)
+        return self._body
 
 
 async def until_disconnected(
