@@ -4,6 +4,9 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from api.tokenizers import Tokenizers
 from api.tracker import JobTracker
@@ -21,13 +24,22 @@ class AppState:
     @classmethod
     def connect(cls, settings: ApiSettings) -> "AppState":
         timeout = settings.redis_timeout_s
+        # Connections made before a Redis restart are dead; a command (or a subscription)
+        # that meets one reconnects and tries again instead of failing its request.
+        backoff = ExponentialWithJitterBackoff(base=0.05, cap=0.5)
         return cls.build(
             settings,
             AsyncRedis.from_url(
-                settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+                settings.redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=AsyncRetry(backoff, 3),
             ),
             Redis.from_url(
-                settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+                settings.redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(backoff, 3),
             ),
         )
 
