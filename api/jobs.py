@@ -226,9 +226,12 @@ def _from_record(record: JobRecord) -> ErrorEvent:
 
 
 async def submit(state: AppState, job: GenerationJob) -> JobStream:
-    """Check the model is served and has room, the prompt fits; subscribe; admit the job."""
-    workers = await require_live_worker(state, job.model)
+    """Check the model has room and is served, the prompt fits; subscribe; admit the job.
+
+    The cheap queue check comes first: under overload most requests end there.
+    """
     await _refuse_if_full(state, job.model)
+    workers = await require_live_worker(state, job.model)
     await _check_context(state, job, workers)
     pubsub = state.redis.pubsub()
     try:

@@ -1,5 +1,6 @@
 """The worker's side of the job record over fakeredis: start, cancel between tokens, end."""
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -11,10 +12,12 @@ from shared import keys
 from shared.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent
 from shared.job import ChatMessage, Flavour, GenerationJob
 from shared.lifecycle import JobRecord, JobStatus
+from shared.queues import model_queue
 from shared.settings import Settings, WorkerSettings
 from tests.fakes import EOS, FakeEngine, RecordingPublisher
 from worker.control import RedisJobControl, RunGate
 from worker.engine import Sampled
+from worker.main import ModelWorker
 from worker.runner import JobRunner
 
 MODEL = "m"
@@ -157,3 +160,21 @@ def test_run_gate_caps_workers_taking_jobs(redis: fakeredis.FakeRedis) -> None:
     # A slot whose lease lapsed (a dead worker) is taken over.
     redis.zadd(keys.run_slots(MODEL), {"b": time.time() - 1})
     assert one.acquire(5)
+
+
+def test_a_worker_without_a_run_slot_takes_no_job(redis: fakeredis.FakeRedis) -> None:
+    job = admitted(redis)
+    queue = model_queue(redis, MODEL)
+    holder = RunGate(redis, MODEL, "other", max_running=1)
+    assert holder.acquire(60)
+    run, _ = runner(redis, FakeEngine([b"a", EOS]))
+    gated = ModelWorker(run, queue, gate=RunGate(redis, MODEL, "w1", max_running=1))
+    taken: list[object] = []
+    waiting = threading.Thread(target=lambda: taken.append(gated.dequeue_job_and_maintain_ttl(1)))
+    waiting.start()
+    time.sleep(0.3)
+    assert taken == [] and queue.count == 1  # blocked on the gate, not on the queue
+    holder.release()
+    waiting.join(timeout=5)
+    assert taken and taken[0] is not None and queue.count == 0
+    assert record(redis, job).status is JobStatus.QUEUED  # dequeued, about to begin
