@@ -67,7 +67,10 @@ async def _record(state: AppState, job_id: str) -> JobRecord:
 
 async def _view(state: AppState, record: JobRecord) -> JobView:
     position = None
-    if record.status is JobStatus.QUEUED and record.deadline > time.time():
+    if record.status is JobStatus.QUEUED and record.deadline <= time.time():
+        await state.tracker.expire(record)  # nobody may have looked since its deadline
+        record = await _record(state, record.id)
+    if record.status is JobStatus.QUEUED:
         ahead = await state.tracker.position(record)
         position = None if ahead is None else ahead + 1
     return JobView(position=position, **record.model_dump(exclude={"streamed", "rq_id"}))

@@ -61,8 +61,12 @@ class ModelWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
+        beat_at = time.monotonic()
         while self.gate is not None and not self.gate.acquire(self.lease_ttl_s):
             time.sleep(0.1)  # the model's max_running workers are all busy
+            if time.monotonic() - beat_at > 10:  # keep RQ's view of this worker alive
+                beat_at = time.monotonic()
+                self.heartbeat()
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def perform_job(self, job: Job, queue: Queue) -> bool:

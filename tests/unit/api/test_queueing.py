@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -202,3 +203,21 @@ async def test_redis_down_is_503_in_openai_shape(
     assert response.json()["error"]["code"] == "backend_unavailable"
     monkeypatch.setattr(harness.state.redis, "ping", down)
     assert (await harness.client.get("/readyz")).status_code == 503
+
+
+@pytest.mark.settings(queue_deadline_s=0.1)
+async def test_get_job_expires_a_job_past_its_deadline(harness: Harness) -> None:
+    from api.admission import admit
+    from shared.job import ChatMessage, Flavour, GenerationJob
+
+    job = GenerationJob(
+        model=MODEL,
+        messages=[ChatMessage(role="user", content="hi")],
+        flavour=Flavour.OPENAI,
+        deadline=time.time() + 0.1,
+    )
+    assert admit(harness.redis, job, harness.settings) is None  # nobody waits for it
+    await asyncio.sleep(0.2)
+    view = (await harness.client.get(f"/v1/jobs/{job.id}")).json()
+    assert view["status"] == "expired" and view["position"] is None
+    assert model_queue(harness.redis, MODEL).count == 0
