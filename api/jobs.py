@@ -193,11 +193,8 @@ class JobStream:
             admission.reclaim, self._state.sync_redis, self.job, worker, self._state.settings
         )
         log.warning("job %s: worker %s died; %s", self.job.id, worker, outcome)
-        if outcome is Reclaimed.FAILED:
-            return ErrorEvent(
-                code=ErrorCode.WORKER_LOST,
-                message="the worker running the job died after it had started answering",
-            )
+        if outcome is Reclaimed.FAILED:  # it had streamed, or had no attempt left
+            return ErrorEvent(code=ErrorCode.WORKER_LOST, message="the worker running the job died")
         if outcome is Reclaimed.REQUEUED:
             self._silent_until = self.job.deadline + self._state.settings.event_timeout_s
         return None

@@ -162,7 +162,11 @@ def test_worker_sigterm_finishes_its_job_and_takes_no_new_one(
         rest = list(events)
         assert rest[-1]["choices"][0]["finish_reason"] == "length"  # finished in full
         assert draining.proc.wait(timeout=30) == 0
-        assert redis.client().zcard(keys.waiting_jobs(DEFAULT_MODEL)) == 1
+        wait_until(
+            lambda: redis.client().zcard(keys.waiting_jobs(DEFAULT_MODEL)) == 1,
+            10,
+            "the later job to wait in the queue",
+        )
         assert not next_job.done()
         successor = pool.start()
         answer = next_job.result(timeout=120)
