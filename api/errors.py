@@ -1,8 +1,9 @@
 """One error hierarchy, mapped to HTTP statuses here and rendered in each flavour's shape.
 
 Routes raise these; a flavour's route class (`flavour_route_class`) catches them, and also
-request validation and Redis failures, and hands them to that flavour's renderer. The same
-route class observes every request (api/observe.py): an error whose class names a
+request validation, framework HTTP errors and Redis failures, and hands them to that
+flavour's renderer. The route class also caps the request body, ends a request whose client
+went away, and observes every request (api/observe.py): an error whose class names a
 `rejection` reason is counted as a rejection with that reason.
 """
 
@@ -11,11 +12,13 @@ from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from typing import Any
 
+import anyio
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 
 from api import observe
 from shared.events import ErrorCode, ErrorEvent, TerminalEvent
@@ -67,6 +70,22 @@ class ContextLengthExceededError(InvalidRequestError):
     code = "context_length_exceeded"
 
 
+class RequestTooLargeError(InvalidRequestError):
+    status, code = 413, "request_too_large"
+
+
+class JobNotCancellableError(InvalidRequestError):
+    status, code = 409, "job_not_cancellable"
+
+
+class JobCancelledError(ApiError):
+    status, kind, code = 409, ErrorKind.INVALID_REQUEST, "job_cancelled"
+
+
+class JobNotFoundError(ApiError):
+    status, kind, code = 404, ErrorKind.NOT_FOUND, "job_not_found"
+
+
 class ModelNotFoundError(ApiError):
     status, kind, code = 404, ErrorKind.NOT_FOUND, "model_not_found"
     rejection = RejectReason.MODEL_NOT_FOUND
@@ -107,6 +126,8 @@ _FROM_EVENT: dict[ErrorCode, type[ApiError]] = {
     ErrorCode.INVALID_REQUEST: InvalidRequestError,
     ErrorCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     ErrorCode.WORKER_LOST: WorkerError,
+    ErrorCode.CANCELLED: JobCancelledError,
+    ErrorCode.BACKEND_UNAVAILABLE: BackendUnavailableError,
     ErrorCode.INTERNAL: WorkerError,
 }
 
@@ -114,6 +135,18 @@ _FROM_EVENT: dict[ErrorCode, type[ApiError]] = {
 def from_event(event: ErrorEvent) -> ApiError:
     """The API error for a worker's error event."""
     return _FROM_EVENT[event.code](event.message)
+
+
+def from_http(exc: HTTPException) -> ApiError:
+    """The API error for an HTTPException raised by the framework (e.g. an unparsable body)."""
+    if isinstance(exc.__cause__, RecursionError):
+        return InvalidRequestError("the body is not valid JSON (nested too deeply)")
+    if exc.status_code < 500:
+        error: ApiError = InvalidRequestError(str(exc.detail))
+    else:
+        error = ApiError(str(exc.detail))
+    error.status = exc.status_code
+    return error
 
 
 ErrorRenderer = Callable[[ApiError], Response]
@@ -132,7 +165,9 @@ def flavour_route_class(render: ErrorRenderer, flavour: Flavour) -> type[APIRout
                 metrics = request.app.state.tokenq.metrics
                 with observe.observing(metrics, flavour, counted=counted) as observation:
                     try:
-                        response = await handler(request)
+                        request = CappedRequest(request.scope, request.receive)
+                        await request.body()  # all of it, within the cap, before watching
+                        response = await until_disconnected(request, handler)
                     except Exception as exc:
                         error = _as_api_error(exc, request)
                         observation.close(
@@ -161,6 +196,8 @@ def _as_api_error(exc: Exception, request: Request) -> ApiError:
         return exc
     if isinstance(exc, RequestValidationError):
         return InvalidRequestError.from_validation(exc)
+    if isinstance(exc, HTTPException):
+        return from_http(exc)
     if isinstance(exc, RedisError):
         log.warning("redis unavailable: %s", exc)
         return BackendUnavailableError("the queue backend is unavailable")
@@ -173,6 +210,55 @@ def _status(terminal: TerminalEvent | None) -> int:
     if terminal is None:
         return CLIENT_CLOSED
     return 200 if terminal.type == "done" else from_event(terminal).status
+
+
+class CappedRequest(Request):
+    """A request whose body may not exceed the app's `max_body_bytes` (413 beyond it)."""
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            limit: int = self.app.state.tokenq.settings.max_body_bytes
+            declared = self.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise RequestTooLargeError(f"the request body is over {limit} bytes")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in self.stream():  # no Content-Length: count as it arrives
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLargeError(f"the request body is over {limit} bytes")
+                chunks.append(chunk)
+            self._body = b"".join(chunks)
+        return self._body
+
+
+async def until_disconnected(
+    request: Request, handler: Callable[[Request], Coroutine[Any, Any, Response]]
+) -> Response:
+    """Run the handler until it answers or its client disconnects, whichever comes first.
+
+    Starlette notices a disconnect only once a response is streaming; a request waiting for
+    its job (queued, or collecting a whole answer) would otherwise hold the job after its
+    client left. Cancelling the handler closes its job stream, which cancels the job.
+    """
+    outcome: Response | Exception | None = None
+    async with anyio.create_task_group() as group:
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            log.info("client went away: %s %s", request.method, request.url.path)
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        try:
+            outcome = await handler(request)
+        except Exception as exc:  # re-raised below, outside the task group's ExceptionGroup
+            outcome = exc
+        group.cancel_scope.cancel()
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome or Response(status_code=CLIENT_CLOSED)  # nobody is left to read it
 
 
 def _describe(error: Any) -> tuple[str, str]:

@@ -1,7 +1,7 @@
 """`GET /metrics`: this process's metrics (all processes' under `uvicorn --workers N`) and the
 queue state of every known model, read from Redis at scrape time."""
 
-import time
+import asyncio
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -9,26 +9,22 @@ from redis.exceptions import RedisError
 
 from api.deps import StateDep
 from api.state import AppState
-from shared import keys, registry
+from shared import lifecycle, registry
 from shared.metrics import Exposition, ModelQueue, QueueState
 
 router = APIRouter()
 
 
 async def queue_state(state: AppState) -> list[ModelQueue]:
-    """Waiting jobs (RQ queue length), running jobs (RQ's started registry, leases not yet
-    lapsed) and live workers (heartbeat registry) of every known model, in one round trip."""
+    """Waiting and running jobs (the admission records of shared/lifecycle.py: expired and
+    cancelled jobs and dead workers' jobs do not count) and live workers of every known model."""
     models = sorted(set(state.settings.models) | await registry.registered_models(state.redis))
-    now = time.time()
-    pipe = state.redis.pipeline(transaction=False)
-    for model in models:
-        pipe.llen(keys.rq_queue_key(model))
-        pipe.zcount(keys.rq_started_key(model), now, "+inf")
-        pipe.zcount(keys.workers_index(model), now, "+inf")
-    counts = await pipe.execute()
+    window = state.settings.drain_window_s
+    queues = await asyncio.gather(*(lifecycle.queue_state(state.redis, m, window) for m in models))
+    workers = await asyncio.gather(*(registry.live_workers(state.redis, m) for m in models))
     return [
-        ModelQueue(model=model, waiting=w, running=r, live_workers=n)
-        for model, (w, r, n) in zip(models, _triples(counts), strict=True)
+        ModelQueue(model=model, waiting=q.waiting, running=q.running, live_workers=len(w))
+        for model, q, w in zip(models, queues, workers, strict=True)
     ]
 
 
@@ -40,7 +36,3 @@ async def metrics(state: StateDep) -> Response:
         queues = None
     page = Exposition([state.metrics.exposition(), QueueState(queues)])
     return Response(generate_latest(page), media_type=CONTENT_TYPE_LATEST)
-
-
-def _triples(counts: list[int]) -> list[tuple[int, int, int]]:
-    return [(counts[i], counts[i + 1], counts[i + 2]) for i in range(0, len(counts), 3)]

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from fastapi.responses import StreamingResponse
 
 from api.errors import ApiError, from_event
-from api.jobs import JobStream
+from api.jobs import JobStream, Queued
+from api.sse import format_comment
 from shared.events import DoneEvent, ErrorEvent, Event, TokenEvent
 
 
@@ -18,6 +19,8 @@ async def collect(stream: JobStream) -> tuple[str, DoneEvent]:
     async with stream:
         parts: list[str] = []
         async for event in stream.events():
+            if isinstance(event, Queued):
+                continue
             if isinstance(event, TokenEvent):
                 parts.append(event.text)
             elif isinstance(event, ErrorEvent):
@@ -44,16 +47,25 @@ class StreamEncoder:
     def error(self, error: ApiError) -> list[bytes]:
         raise NotImplementedError
 
+    def queued(self, position: int | None) -> list[bytes]:
+        """While the job waits in line; SSE flavours send a comment, which clients skip."""
+        if self.media_type != "text/event-stream":
+            return []
+        return [format_comment(f"queued position={position if position else '?'}")]
+
 
 async def stream_response(
     stream: JobStream, make_encoder: Callable[[], StreamEncoder]
 ) -> StreamingResponse:
-    """Stream the job's frames; the response starts only once its first event is in.
+    """Stream the job's frames; the response starts once its first event is in, or once it
+    is found still waiting in line (`queue_notice_after_s`).
 
-    Waiting for the first event lets an error that comes before any token (context too long,
-    deadline) be answered with a real HTTP status instead of an error inside a 200 stream.
+    Waiting for the first event lets an error that comes before any token (deadline, worker
+    lost) be answered with a real HTTP status instead of an error inside a 200 stream; a job
+    that has to queue starts its stream early instead, with its position in the
+    `X-Queue-Position` header and then in SSE comments, so the client sees it is in line.
     """
-    events = stream.events()
+    events = stream.events(positions=True)
     try:
         first = await anext(events)
         if isinstance(first, ErrorEvent):
@@ -62,27 +74,40 @@ async def stream_response(
         await stream.aclose()
         raise
     encoder = make_encoder()
-    return StreamingResponse(_frames(stream, first, events, encoder), media_type=encoder.media_type)
+    headers = {"X-Job-Id": stream.job.id}
+    if isinstance(first, Queued):
+        headers["X-Queue-Position"] = str(first.position or "")
+    return StreamingResponse(
+        _frames(stream, first, events, encoder), media_type=encoder.media_type, headers=headers
+    )
 
 
 async def _frames(
-    stream: JobStream, first: Event, rest: AsyncIterator[Event], encoder: StreamEncoder
+    stream: JobStream,
+    first: Event | Queued,
+    rest: AsyncIterator[Event | Queued],
+    encoder: StreamEncoder,
 ) -> AsyncIterator[bytes]:
     try:
-        for frame in encoder.start():
-            yield frame
-        event: Event | None = first
-        while event is not None:
-            for frame in _encode(encoder, event):
+        started = False
+        item: Event | Queued | None = first
+        while item is not None:
+            if not started and not isinstance(item, Queued):
+                started = True
+                for frame in encoder.start():
+                    yield frame
+            for frame in _encode(encoder, item):
                 yield frame
-            event = await anext(rest, None)
+            item = await anext(rest, None)
     finally:
         await stream.aclose()
 
 
-def _encode(encoder: StreamEncoder, event: Event) -> list[bytes]:
-    if isinstance(event, TokenEvent):
-        return encoder.token(event)
-    if isinstance(event, DoneEvent):
-        return encoder.done(event)
-    return encoder.error(from_event(event))
+def _encode(encoder: StreamEncoder, item: Event | Queued) -> list[bytes]:
+    if isinstance(item, Queued):
+        return encoder.queued(item.position)
+    if isinstance(item, TokenEvent):
+        return encoder.token(item)
+    if isinstance(item, DoneEvent):
+        return encoder.done(item)
+    return encoder.error(from_event(item))

@@ -8,3 +8,8 @@ def format_sse(data: str, event: str | None = None) -> bytes:
     lines = [f"event: {event}"] if event else []
     lines.extend(f"data: {line}" for line in data.split("\n"))
     return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+def format_comment(text: str) -> bytes:
+    """An SSE comment line: clients skip it; proxies see traffic."""
+    return f": {text}\n\n".encode()

@@ -4,8 +4,12 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from api.tokenizers import Tokenizers
+from api.tracker import JobTracker
 from shared.metrics import ApiMetrics
 from shared.settings import ApiSettings
 
@@ -17,23 +21,46 @@ class AppState:
     sync_redis: Redis  # RQ enqueue, which is synchronous; used from a thread
     tokenizers: Tokenizers
     metrics: ApiMetrics
+    tracker: JobTracker
 
     @classmethod
     def connect(cls, settings: ApiSettings) -> "AppState":
         timeout = settings.redis_timeout_s
+        # Connections made before a Redis restart are dead; a command (or a subscription)
+        # that meets one reconnects and tries again instead of failing its request.
+        backoff = ExponentialWithJitterBackoff(base=0.05, cap=0.5)
         return cls.build(
             settings,
             AsyncRedis.from_url(
-                settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+                settings.redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=AsyncRetry(backoff, 3),
             ),
             Redis.from_url(
-                settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+                settings.redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(backoff, 3),
             ),
         )
 
     @classmethod
-    def build(cls, settings: ApiSettings, redis: AsyncRedis, sync_redis: Redis) -> "AppState":
-        return cls(settings, redis, sync_redis, Tokenizers(redis), ApiMetrics())
+    def build(
+        cls,
+        settings: ApiSettings,
+        redis: AsyncRedis,
+        sync_redis: Redis,
+        tokenizers: Tokenizers | None = None,
+    ) -> "AppState":
+        return cls(
+            settings,
+            redis,
+            sync_redis,
+            tokenizers or Tokenizers(redis),
+            ApiMetrics(),
+            JobTracker(redis, settings.record_ttl_s),
+        )
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -51,9 +51,15 @@ def api(
     given = {"host": host, "port": port, "workers": workers}
     settings = ApiSettings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
     log_config = _logging(settings)
+    # On SIGTERM uvicorn stops accepting at once and gives open streams the grace period.
+    grace = int(settings.shutdown_grace_s)
     if settings.workers == 1 and not os.environ.get(MULTIPROC_DIR_ENV):
         uvicorn.run(
-            create_app(settings), host=settings.host, port=settings.port, log_config=log_config
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_config=log_config,
+            timeout_graceful_shutdown=grace,
         )
         return
     # Each process is a fresh interpreter that builds its app from the environment, and
@@ -66,6 +72,7 @@ def api(
             port=settings.port,
             workers=settings.workers,
             log_config=log_config,
+            timeout_graceful_shutdown=grace,
         )
 
 

@@ -20,6 +20,8 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     WORKER_LOST = "worker_lost"
+    CANCELLED = "cancelled"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
     INTERNAL = "internal_error"
 
 

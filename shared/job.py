@@ -63,6 +63,7 @@ class GenerationJob(BaseModel):
     created_at: float = Field(default_factory=time.time)
     deadline: float = Field(description="Unix time after which the job must not start.")
     request_id: str | None = None
+    attempt: int = Field(default=1, ge=1, description="Run number; >1 after its worker died.")
 
     def model_post_init(self, _context: object) -> None:
         if (self.messages is None) == (self.prompt is None):

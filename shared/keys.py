@@ -5,7 +5,6 @@ from RQ's own templates, so they follow RQ.
 """
 
 from rq import Queue
-from rq.registry import StartedJobRegistry
 
 PREFIX = "tokenq"
 
@@ -45,6 +44,26 @@ def rq_queue_key(model: str) -> str:
     return Queue.redis_queue_namespace_prefix + queue_name(model)
 
 
-def rq_started_key(model: str) -> str:
-    """RQ's sorted set of a model's running jobs, scored by when each one's lease lapses."""
-    return StartedJobRegistry.key_template.format(queue_name(model))
+def job_record(job_id: str) -> str:
+    """Hash with one job's lifecycle: status, attempt, worker, timestamps (shared/lifecycle.py)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def waiting_jobs(model: str) -> str:
+    """Sorted set of a model's waiting RQ job ids, scored by their queue deadline."""
+    return f"{PREFIX}:waiting:{model}"
+
+
+def running_jobs(model: str) -> str:
+    """Sorted set of a model's running job ids, scored by when their worker's lease lapses."""
+    return f"{PREFIX}:running:{model}"
+
+
+def finished_jobs(model: str) -> str:
+    """Sorted set of a model's recently finished job attempts, scored by finish time."""
+    return f"{PREFIX}:finished:{model}"
+
+
+def run_slots(model: str) -> str:
+    """Sorted set of the workers allowed to take a model's jobs (`max_running`), by lease."""
+    return f"{PREFIX}:slots:{model}"

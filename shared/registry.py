@@ -59,6 +59,11 @@ async def live_workers(redis: AsyncRedis, model: str) -> list[WorkerInfo]:
     return [WorkerInfo.model_validate_json(r) for r in raw if r is not None]
 
 
+async def is_alive(redis: AsyncRedis, worker_id: str) -> bool:
+    """Whether this worker's heartbeat has not lapsed."""
+    return bool(await redis.exists(keys.worker_info(worker_id)))
+
+
 async def registered_models(redis: AsyncRedis) -> set[str]:
     """Every model a worker has ever registered, live or not."""
     return {_text(m) for m in await redis.smembers(keys.known_models())}

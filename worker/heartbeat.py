@@ -1,11 +1,13 @@
 """Keeps a worker's registration alive from a thread, also while a job runs.
 
 RQ's SimpleWorker runs the job in the main thread and sends no heartbeat of its own meanwhile.
+The same beat renews the worker's leases: its running job and its `max_running` slot.
 """
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -16,6 +18,10 @@ from shared.registry import WorkerInfo
 log = logging.getLogger(__name__)
 
 
+class Lease(Protocol):
+    def renew(self, redis: Redis, ttl_s: float) -> None: ...
+
+
 class Heartbeat:
     def __init__(
         self,
@@ -23,6 +29,7 @@ class Heartbeat:
         info: WorkerInfo,
         interval_s: float,
         ttl_s: float,
+        leases: Sequence[Lease] = (),
         on_beat: Callable[[], None] = lambda: None,
     ) -> None:
         """`on_beat` is called after each heartbeat that reached Redis."""
@@ -30,6 +37,7 @@ class Heartbeat:
         self._info = info
         self._interval_s = interval_s
         self._ttl_s = ttl_s
+        self._leases = leases
         self._on_beat = on_beat
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
@@ -52,6 +60,8 @@ class Heartbeat:
         while not self._stopped.wait(self._interval_s):
             try:
                 registry.heartbeat(self._redis, self._info, self._ttl_s)
+                for lease in self._leases:
+                    lease.renew(self._redis, self._ttl_s)
             except RedisError as exc:  # Redis may come back; keep trying
                 log.warning("heartbeat failed: %s", exc)
             else:

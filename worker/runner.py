@@ -1,11 +1,15 @@
 """Runs one generation job on an engine and publishes its events.
 
-Every job ends with exactly one terminal event (`done` or `error`), whatever happens.
+Every job ends with exactly one terminal event (`done` or `error`), whatever happens. A
+`JobControl` decides whether the job may start, and is asked between tokens whether it must
+stop (cancelled): cancellation is cooperative, and the slot is freed at once.
 """
 
 import logging
 import random
 import time
+from collections.abc import Callable
+from enum import Enum
 from typing import Protocol
 
 from shared import logs
@@ -30,6 +34,44 @@ class Publisher(Protocol):
     def publish(self, job_id: str, event: TokenEvent | DoneEvent | ErrorEvent) -> None: ...
 
 
+class Begin(Enum):
+    RUN = "run"
+    EXPIRED = "expired"  # waited past its deadline: answer with an error, never start
+    SKIP = "skip"  # cancelled, or a stale attempt: not this worker's to answer
+
+
+class JobControl(Protocol):
+    def begin(self, job: GenerationJob) -> Begin: ...
+
+    def claim_output(self, job: GenerationJob) -> bool:
+        """Before the first token is published: False if the job is no longer this run's."""
+        ...
+
+    def should_stop(self, job: GenerationJob) -> bool:
+        """Asked between tokens: cancelled, or no longer this run's."""
+        ...
+
+    def end(self, job: GenerationJob, terminal: TerminalEvent) -> bool:
+        """Record the outcome; True if this run still owns the job and publishes its end."""
+        ...
+
+
+class Unsupervised:
+    """A control that lets every job run to its end (no Redis record)."""
+
+    def begin(self, job: GenerationJob) -> Begin:
+        return Begin.RUN
+
+    def claim_output(self, job: GenerationJob) -> bool:
+        return True
+
+    def should_stop(self, job: GenerationJob) -> bool:
+        return False
+
+    def end(self, job: GenerationJob, terminal: TerminalEvent) -> bool:
+        return True
+
+
 class JobError(Exception):
     """A job that cannot run, reported to its client as an error event."""
 
@@ -42,9 +84,12 @@ class JobError(Exception):
 class _Output:
     """Turns sampled token bytes into text deltas, honouring the job's stop strings."""
 
-    def __init__(self, job_id: str, stops: list[str], publisher: Publisher) -> None:
+    def __init__(
+        self, job_id: str, stops: list[str], publisher: Publisher, claim: Callable[[], bool]
+    ) -> None:
         self._job_id = job_id
         self._publisher = publisher
+        self._claim = claim
         self._decoder = Utf8Decoder()
         self._stops = StopMatcher(stops)
         self._index = 0
@@ -62,6 +107,8 @@ class _Output:
 
     def _emit(self, text: str) -> None:
         if text:
+            if self._index == 0 and not self._claim():
+                raise _stopped()
             self._publisher.publish(self._job_id, TokenEvent(index=self._index, text=text))
             self._index += 1
 
@@ -78,28 +125,40 @@ class JobRunner:
     """Runs jobs one after another on one engine."""
 
     def __init__(
-        self, engine: Engine, publisher: Publisher, observer: JobObserver | None = None
+        self,
+        engine: Engine,
+        publisher: Publisher,
+        control: JobControl | None = None,
+        observer: JobObserver | None = None,
     ) -> None:
         self.engine = engine
         self.publisher = publisher
+        self.control = control or Unsupervised()
         self.observer = observer
 
-    def run(self, job: GenerationJob) -> TerminalEvent:
-        """Run `job` to its end and publish its events; returns the terminal event."""
+    def run(self, job: GenerationJob) -> TerminalEvent | None:
+        """Run `job` to its end and publish its events; returns the terminal event, or None
+        when the job was not this worker's to answer."""
         with logs.log_context(job_id=job.id, request_id=job.request_id, model=job.model):
+            begun = self.control.begin(job)
+            if begun is Begin.SKIP:
+                return None
             if self.observer is not None:
                 self.observer.started(job)
             terminal: TerminalEvent | None = None
             try:
-                terminal = self._outcome(job)
-                self.publisher.publish(job.id, terminal)
+                terminal = self._outcome(job, begun)
+                if begun is Begin.EXPIRED or self.control.end(job, terminal):
+                    self.publisher.publish(job.id, terminal)
             finally:
                 if self.observer is not None:
                     self.observer.finished(job, terminal)
         return terminal
 
-    def _outcome(self, job: GenerationJob) -> TerminalEvent:
+    def _outcome(self, job: GenerationJob, begun: Begin) -> TerminalEvent:
         try:
+            if begun is Begin.EXPIRED:
+                raise JobError(ErrorCode.DEADLINE_EXCEEDED, "the job waited past its deadline")
             return self._generate(job)
         except JobError as exc:
             return ErrorEvent(code=exc.code, message=exc.message)
@@ -114,13 +173,17 @@ class JobRunner:
         prompt = self.engine.prompt_tokens(job)
         max_tokens = self._max_tokens(job, len(prompt))
         seed = job.sampling.seed if job.sampling.seed is not None else random.getrandbits(32)
-        output = _Output(job.id, job.sampling.stop, self.publisher)
+        output = _Output(
+            job.id, job.sampling.stop, self.publisher, lambda: self.control.claim_output(job)
+        )
         slot = self.engine.start(prompt, job.sampling, seed)
         first_token_at: float | None = None
         finish = FinishReason.LENGTH
         generated = 0
         try:
             while generated < max_tokens:
+                if self.control.should_stop(job):
+                    raise _stopped()
                 (sampled,) = (s for s in self.engine.step() if s.slot == slot)
                 first_token_at = first_token_at or time.time()
                 if sampled.end_of_generation:
@@ -160,3 +223,7 @@ class JobRunner:
                 f"{wanted or 1} more were asked for",
             )
         return wanted if wanted is not None else room
+
+
+def _stopped() -> JobError:
+    return JobError(ErrorCode.CANCELLED, "the job was cancelled")

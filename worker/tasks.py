@@ -13,7 +13,7 @@ from worker.runner import JobRunner
 current_runner: ContextVar[JobRunner] = ContextVar("current_runner")
 
 
-def generate(payload: dict[str, Any]) -> dict[str, Any]:
+def generate(payload: dict[str, Any]) -> dict[str, Any] | None:
     job = GenerationJob.model_validate(payload)
     terminal = current_runner.get().run(job)
-    return terminal.model_dump(mode="json")
+    return None if terminal is None else terminal.model_dump(mode="json")

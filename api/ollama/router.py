@@ -24,7 +24,8 @@ router = APIRouter(route_class=flavour_route_class(serving.render_error, Flavour
 RequestIdHeader = Header(default=None, alias="X-Request-ID")
 
 
-@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+@router.get("/", response_class=PlainTextResponse)
+@router.head("/", response_class=PlainTextResponse, include_in_schema=False)
 async def root() -> str:
     """The liveness line Ollama tools look for."""
     return "Ollama is running"

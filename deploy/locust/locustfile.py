@@ -235,4 +235,3 @@ class OllamaUser(TokenqUser):
             "options": {"num_predict": MAX_TOKENS},
         }
         self.stream("ollama chat stream", "/api/chat", body, ollama_delta)
-

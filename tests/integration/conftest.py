@@ -17,6 +17,9 @@ from tests.integration.procs import ApiProcess, Process, RedisServer, WorkerProc
 
 # A model the API knows (TOKENQ_MODELS) but no worker serves: requests for it get 503.
 UNSERVED_MODEL = "unserved-model"
+# The queue limit and the short queue deadline of the `limited_apis` pair.
+LIMIT = 3
+SHORT_DEADLINE_S = 3.0
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +49,19 @@ def api(redis_server: RedisServer, worker: WorkerProcess, logs: Path) -> Iterato
     )
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def limited_apis(
+    redis_server: RedisServer, worker: WorkerProcess, logs: Path
+) -> Iterator[tuple[ApiProcess, ApiProcess]]:
+    """Two more replicas on the session stack, each admitting at most LIMIT waiting jobs."""
+    limits = {"TOKENQ_MODELS": DEFAULT_MODEL, "TOKENQ_MAX_QUEUED": str(LIMIT)}
+    first = ApiProcess(redis_server, logs / "api-limited-1.log", limits)
+    second = ApiProcess(redis_server, logs / "api-limited-2.log", limits)
+    yield first, second
+    first.stop()
+    second.stop()
 
 
 @pytest.fixture

@@ -43,9 +43,7 @@ RATE_WINDOW = "1m"  # what the test puts in place of Grafana's $__rate_interval
 
 
 @pytest.fixture(scope="module")
-def multi_api(
-    redis_server: RedisServer, worker: WorkerProcess, logs: Path
-) -> Iterator[ApiProcess]:
+def multi_api(redis_server: RedisServer, worker: WorkerProcess, logs: Path) -> Iterator[ApiProcess]:
     env = {"TOKENQ_MODELS": f"{DEFAULT_MODEL},{UNSERVED_MODEL}"}
     proc = ApiProcess(redis_server, logs / "api-multi.log", env, "--workers", "2")
     yield proc

@@ -7,25 +7,25 @@ from dataclasses import dataclass
 
 import fakeredis
 import httpx
+from fastapi import FastAPI
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
 
 from api.app import create_app
 from api.state import AppState
-from api.tokenizers import Tokenizers
 from shared import registry
-from shared.job import GenerationJob
 from shared.model_facts import ModelFacts
 from shared.queues import model_queue
 from shared.registry import WorkerInfo
-from shared.settings import ApiSettings
-from tests.fakes import EOS, FakeEngine
+from shared.settings import ApiSettings, WorkerSettings
+from tests.fakes import EOS, FakeEngine, FakeTokenizers
+from worker.control import RedisJobControl
 from worker.main import ModelWorker
 from worker.publisher import RedisPublisher
 from worker.runner import JobRunner
 
 MODEL = "m"
 N_CTX = 64
+WORKER_ID = "w1"
 
 # What a worker registers about its file (see shared/model_facts.py), as for SmolLM2.
 FACTS = ModelFacts(
@@ -49,22 +49,18 @@ FACTS = ModelFacts(
 )
 
 
-class EngineTokenizers(Tokenizers):
-    """Counts prompts as the fake engine does, so the API's count equals the worker's usage."""
-
-    def __init__(self, redis: AsyncRedis, engine: FakeEngine) -> None:
-        super().__init__(redis)
-        self._engine = engine
-
-    async def count(self, job: GenerationJob) -> int:
-        return len(self._engine.prompt_tokens(job))
-
-
 @dataclass
 class Harness:
+    app: FastAPI
     client: httpx.AsyncClient
     redis: Redis
     engine: FakeEngine
+    settings: ApiSettings
+
+    @property
+    def state(self) -> AppState:
+        state: AppState = self.app.state.tokenq
+        return state
 
     async def call(
         self, path: str, body: dict[str, object], headers: dict[str, str] | None = None
@@ -75,29 +71,37 @@ class Harness:
         while not request.done() and queue.count == 0:
             await asyncio.sleep(0.005)
         if queue.count:
-            runner = JobRunner(self.engine, RedisPublisher(self.redis))
-            ModelWorker(runner, queue).work(burst=True, with_scheduler=False)
+            self.work()
         return await request
 
-    @property
-    def state(self) -> AppState:
-        state: AppState = self.client._transport.app.state.tokenq  # type: ignore[attr-defined]
-        return state
+    def work(self) -> None:
+        """Perform every queued job with the real worker class, then return."""
+        control = RedisJobControl(self.redis, WORKER_ID, WorkerSettings(model=MODEL))
+        runner = JobRunner(self.engine, RedisPublisher(self.redis), control)
+        ModelWorker(runner, model_queue(self.redis, MODEL)).work(burst=True, with_scheduler=False)
 
 
-async def open_harness() -> AsyncIterator[Harness]:
-    """An app whose one model has one registered worker; jobs run when `Harness.call` runs them."""
+async def open_harness(**settings: object) -> AsyncIterator[Harness]:
+    """An app whose one model has one registered worker; jobs run when the harness runs them.
+
+    The API counts every prompt as the fake engine does (FakeTokenizers), so its count equals
+    the worker's usage.
+    """
     server = fakeredis.FakeServer()
     sync = fakeredis.FakeRedis(server=server)
-    settings = ApiSettings(models=[MODEL, "idle"], event_timeout_s=2)
-    app = create_app(settings)
+    config = ApiSettings.model_validate(
+        {"models": [MODEL, "idle"], "event_timeout_s": 2, "watch_interval_s": 0.05, **settings}
+    )
     engine = FakeEngine([b"Hello", b",", b" world", EOS], n_ctx=N_CTX)
-    redis = fakeredis.FakeAsyncRedis(server=server)
-    state = AppState.build(settings, redis, sync)
-    state.tokenizers = EngineTokenizers(redis, engine)
-    app.state.tokenq = state
+    state = AppState.build(
+        config,
+        fakeredis.FakeAsyncRedis(server=server),
+        sync,
+        FakeTokenizers(prompt_len=engine.prompt_len),
+    )
+    app = create_app(config, state)
     info = WorkerInfo(
-        worker_id="w1",
+        worker_id=WORKER_ID,
         model=MODEL,
         n_ctx=N_CTX,
         backend="cpu",
@@ -109,4 +113,4 @@ async def open_harness() -> AsyncIterator[Harness]:
     registry.heartbeat(sync, info, ttl_s=60)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://tokenq") as client:
-        yield Harness(client, sync, engine)
+        yield Harness(app, client, sync, engine, config)

@@ -5,49 +5,26 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
-import fakeredis
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.responses import StreamingResponse
 from starlette.types import Message
 
-from api import jobs
-from api.app import create_app
-from api.errors import QueueFullError
+from api import admission
 from api.observe import RequestObservation, UntilSent
-from api.state import AppState
 from shared import keys, registry
 from shared.events import DoneEvent, FinishReason, Timings, TokenEvent, Usage
 from shared.job import Flavour, GenerationJob
 from shared.metrics import ApiMetrics
-from shared.queues import GENERATE_TASK, model_queue
-from shared.registry import WorkerInfo
-from shared.settings import ApiSettings
-from tests.fakes import EOS, FakeEngine
-from tests.unit.api.test_openai_api import CHAT, MODEL, Harness
-
-
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    server = fakeredis.FakeServer()
-    sync = fakeredis.FakeRedis(server=server)
-    settings = ApiSettings(models=[MODEL, "idle"], event_timeout_s=2)
-    app = create_app(settings)
-    app.state.tokenq = AppState.build(settings, fakeredis.FakeAsyncRedis(server=server), sync)
-    info = WorkerInfo(
-        worker_id="w1", model=MODEL, n_ctx=64, backend="cpu", gguf="x", started_at=0, pid=1
-    )
-    registry.heartbeat(sync, info, ttl_s=60)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://tokenq") as client:
-        yield Harness(client, sync, FakeEngine([b"Hello", b",", b" world", EOS]))
+from shared.settings import Settings
+from tests.unit.api.harness import MODEL, Harness
+from tests.unit.api.test_openai_api import CHAT
 
 
 def metrics_of(harness: Harness) -> ApiMetrics:
-    metrics: ApiMetrics = harness.client._transport.app.state.tokenq.metrics  # type: ignore[attr-defined]
-    return metrics
+    return harness.state.metrics
 
 
 def value(harness: Harness, name: str, **labels: str) -> float:
@@ -90,12 +67,12 @@ async def test_n_requests_count_n_with_tokens_and_latencies(harness: Harness) ->
 async def test_queue_full_is_a_429_counted_with_its_reason(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(*_args: object) -> None:
-        raise QueueFullError("the queue for this model is full", retry_after_s=3)
+    def full(*_args: object) -> int:  # another replica filled the queue after the early check
+        return 64
 
-    monkeypatch.setattr(jobs, "_enqueue", full)
+    monkeypatch.setattr(admission, "admit", full)
     response = await harness.client.post("/v1/chat/completions", json=CHAT)
-    assert response.status_code == 429 and response.headers["retry-after"] == "3"
+    assert response.status_code == 429 and int(response.headers["retry-after"]) >= 1
     assert value(harness, "tokenq_request_rejections_total", model=MODEL, reason="queue_full") == 1
     assert value(harness, "tokenq_requests_total", model=MODEL, flavour="openai", status="429") == 1
 
@@ -115,9 +92,10 @@ async def test_rejections_by_reason(
     response = await harness.client.post("/v1/chat/completions", json=body)
     assert response.status_code == status
     assert value(harness, "tokenq_request_rejections_total", model=model, reason=reason) == 1
-    assert value(
-        harness, "tokenq_requests_total", model=model, flavour="openai", status=str(status)
-    ) == 1
+    assert (
+        value(harness, "tokenq_requests_total", model=model, flavour="openai", status=str(status))
+        == 1
+    )
     assert value(harness, "tokenq_requests_in_flight", flavour="openai") == 0
 
 
@@ -141,14 +119,10 @@ async def test_listing_models_is_not_a_generation_request(harness: Harness) -> N
 
 
 async def test_scrape_reports_queue_state_per_known_model(harness: Harness) -> None:
-    queue = model_queue(harness.redis, MODEL)
-    for _ in range(2):
-        queue.enqueue_call(func=GENERATE_TASK, args=({},))
-    # RQ scores each running execution with the time its lease lapses.
-    assert keys.rq_started_key(MODEL) == queue.started_job_registry.key
-    assert keys.rq_queue_key(MODEL) == queue.key
     now = time.time()
-    harness.redis.zadd(queue.started_job_registry.key, {"a:1": now + 60, "abandoned:2": now - 5})
+    # Two jobs waiting and one expired; one running and one whose worker's lease lapsed.
+    harness.redis.zadd(keys.waiting_jobs(MODEL), {"a-1": now + 60, "b-1": now + 60, "c-1": now - 1})
+    harness.redis.zadd(keys.running_jobs(MODEL), {"d-1": now + 5, "e-1": now - 5})
 
     samples = await scrape(harness)
     assert samples[("tokenq_num_requests_waiting", (("model", MODEL),))] == 2
@@ -175,13 +149,13 @@ async def test_request_id_is_returned_and_reaches_the_job(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     enqueued: list[GenerationJob] = []
-    enqueue = jobs._enqueue
+    admit = admission.admit
 
-    def recording(state: AppState, job: GenerationJob) -> None:
+    def recording(redis: Redis, job: GenerationJob, settings: Settings) -> int | None:
         enqueued.append(job)
-        enqueue(state, job)
+        return admit(redis, job, settings)
 
-    monkeypatch.setattr(jobs, "_enqueue", recording)
+    monkeypatch.setattr(admission, "admit", recording)
     harness.client.headers["X-Request-ID"] = "trace-42"
     response = await harness.call("/v1/chat/completions", CHAT)
     assert response.status_code == 200

@@ -50,7 +50,7 @@ def sample(observer: WorkerObserver, name: str, **labels: str) -> float | None:
 
 
 def test_jobs_by_outcome_tokens_and_busy_time(observer: WorkerObserver) -> None:
-    runner = JobRunner(FakeEngine([b"a", b"b", b"c", EOS]), RecordingPublisher(), observer)
+    runner = JobRunner(FakeEngine([b"a", b"b", b"c", EOS]), RecordingPublisher(), observer=observer)
     for _ in range(2):
         runner.run(job())
     runner.run(job(deadline=time.time() - 1))  # expired in the queue: an error outcome
@@ -137,7 +137,7 @@ def test_job_log_lines_carry_job_and_request_ids(
     observer: WorkerObserver, json_log: io.StringIO
 ) -> None:
     the_job = job(request_id="trace-7")
-    JobRunner(FakeEngine([b"a", EOS]), RecordingPublisher(), observer).run(the_job)
+    JobRunner(FakeEngine([b"a", EOS]), RecordingPublisher(), observer=observer).run(the_job)
     lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
     mine = [line for line in lines if line.get("logger") == "tokenq.jobs"]
     assert [line["message"] for line in mine] == ["job started", "job finished"]

@@ -1,0 +1,142 @@
+"""Admission: a model's waiting-job limit, checked and enqueued in one atomic Redis step.
+
+The check and RQ's enqueue share one WATCH/MULTI transaction on the model's waiting set, so
+any number of API replicas together never admit more than `max_queued` waiting jobs: a
+replica whose transaction raced another's sees a WatchError and checks again. A worker that
+died before its job's first token is handled with the same kind of transaction on the job's
+record, so the job is requeued exactly once however many parties notice.
+"""
+
+import math
+import time
+from enum import StrEnum
+
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+from redis.typing import EncodableT, FieldT
+
+from api.errors import QueueFullError
+from shared import keys
+from shared.events import ErrorCode
+from shared.job import GenerationJob
+from shared.lifecycle import JobRecord, JobStatus, QueueState, rq_job_id
+from shared.queues import GENERATE_TASK, model_queue
+from shared.settings import Settings
+
+_RESULT_TTL_S = 300
+_FAILURE_TTL_S = 3600
+
+
+def admit(redis: Redis, job: GenerationJob, settings: Settings) -> int | None:
+    """Record and enqueue `job` unless its model is full; None when admitted, else the depth."""
+    waiting = keys.waiting_jobs(job.model)
+    limit = settings.limits(job.model).max_queued
+    with redis.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(waiting)  # type: ignore[no-untyped-call]
+                now = time.time()
+                depth = int(pipe.zcount(waiting, now, "+inf"))
+                if depth >= limit:
+                    pipe.unwatch()
+                    return depth
+                pipe.multi()
+                pipe.zremrangebyscore(waiting, "-inf", now)  # expired ids: housekeeping
+                _enqueue(pipe, redis, job, settings, at_front=False)
+                pipe.hset(keys.job_record(job.id), mapping=_record_fields(job))
+                pipe.expire(keys.job_record(job.id), settings.record_ttl_s)
+                pipe.execute()
+                return None
+            except WatchError:
+                continue
+
+
+class Reclaimed(StrEnum):
+    REQUEUED = "requeued"
+    FAILED = "failed"
+    NOT_NEEDED = "not_needed"  # the job was no longer running on that worker
+
+
+def reclaim(
+    redis: Redis, job: GenerationJob, dead_worker: str, settings: Settings
+) -> tuple[Reclaimed, GenerationJob]:
+    """The job's worker died: run it again at the front of its queue if no token was sent and
+    attempts are left, else record it failed. Returns what happened and the job as it is now."""
+    record_key = keys.job_record(job.id)
+    with redis.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(record_key)  # type: ignore[no-untyped-call]
+                record = JobRecord.from_hash(job.id, pipe.hgetall(record_key))
+                if (
+                    record is None
+                    or record.status is not JobStatus.RUNNING
+                    or record.worker != dead_worker
+                ):
+                    pipe.unwatch()
+                    return Reclaimed.NOT_NEEDED, job
+                now = time.time()
+                pipe.multi()
+                pipe.zrem(keys.running_jobs(job.model), job.id)
+                if record.streamed or record.attempt >= settings.job_max_attempts:
+                    failed: dict[FieldT, EncodableT] = {
+                        "status": JobStatus.FAILED,
+                        "ended_at": now,
+                        "error": ErrorCode.WORKER_LOST,
+                    }
+                    pipe.hset(record_key, mapping=failed)
+                    pipe.execute()
+                    return Reclaimed.FAILED, job
+                deadline = now + settings.queue_deadline_s
+                again = job.model_copy(update={"attempt": record.attempt + 1, "deadline": deadline})
+                _enqueue(pipe, redis, again, settings, at_front=True)
+                pipe.hset(record_key, mapping={**_record_fields(again), "worker": ""})
+                pipe.execute()
+                return Reclaimed.REQUEUED, again
+            except WatchError:
+                continue
+
+
+def retry_after(state: QueueState, max_s: int) -> int:
+    """Seconds until the waiting jobs have drained at the model's recent finish rate."""
+    if state.drain_rate <= 0:
+        return max_s
+    return max(1, min(max_s, math.ceil(max(state.waiting, 1) / state.drain_rate)))
+
+
+def queue_full(model: str, state: QueueState, max_s: int) -> QueueFullError:
+    return QueueFullError(
+        f"the queue for model '{model}' is full ({state.waiting} waiting); retry later",
+        retry_after_s=retry_after(state, max_s),
+    )
+
+
+def _enqueue(
+    pipe: Pipeline, redis: Redis, job: GenerationJob, settings: Settings, *, at_front: bool
+) -> None:
+    """RQ's enqueue of one attempt, as commands on the caller's MULTI."""
+    rq_id = rq_job_id(job.id, job.attempt)
+    model_queue(redis, job.model).enqueue_call(
+        func=GENERATE_TASK,
+        args=(job.model_dump(mode="json"),),
+        job_id=rq_id,
+        timeout=settings.job_timeout_s,
+        ttl=max(1, math.ceil(job.deadline - time.time())),
+        result_ttl=_RESULT_TTL_S,
+        failure_ttl=_FAILURE_TTL_S,
+        at_front=at_front,
+        pipeline=pipe,
+    )
+    pipe.zadd(keys.waiting_jobs(job.model), {rq_id: job.deadline})
+
+
+def _record_fields(job: GenerationJob) -> dict[FieldT, EncodableT]:
+    return {
+        "model": job.model,
+        "status": JobStatus.QUEUED,
+        "rq_id": rq_job_id(job.id, job.attempt),
+        "attempt": job.attempt,
+        "created_at": job.created_at,
+        "deadline": job.deadline,
+    }
