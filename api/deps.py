@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from api.state import AppState
 
@@ -13,3 +13,6 @@ def _state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(_state)]
+
+# The client's X-Request-ID, or the one api/request_id.py made up for the request.
+RequestIdDep = Annotated[str | None, Header(alias="X-Request-ID")]

@@ -81,11 +81,13 @@ class JobStream:
         state: AppState,
         pubsub: PubSub,
         job: GenerationJob,
+        prompt_tokens: int,
         observation: RequestObservation | None = None,
     ) -> None:
         self.job = job
         self._state = state
         self._pubsub = pubsub
+        self.prompt_tokens = prompt_tokens  # counted by the API, as the worker will count them
         self._observation = observation
         self._submitted_at = time.time()
         # The first event may wait for the whole queue deadline plus the prompt's evaluation.
@@ -242,7 +244,7 @@ async def submit(state: AppState, job: GenerationJob) -> JobStream:
         observation.submitted(job)
     await _refuse_if_full(state, job.model)
     workers = await require_live_worker(state, job.model)
-    await _check_context(state, job, workers)
+    prompt_tokens = await _check_context(state, job, workers)
     pubsub = state.redis.pubsub()
     try:
         await pubsub.subscribe(keys.events_channel(job.id))
@@ -257,7 +259,7 @@ async def submit(state: AppState, job: GenerationJob) -> JobStream:
         with anyio.CancelScope(shield=True):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
         raise
-    return JobStream(state, pubsub, job, observation)
+    return JobStream(state, pubsub, job, prompt_tokens, observation)
 
 
 async def _refuse_if_full(state: AppState, model: str) -> None:
@@ -268,10 +270,11 @@ async def _refuse_if_full(state: AppState, model: str) -> None:
         raise admission.queue_full(model, depth, settings.retry_after_max_s)
 
 
-async def _check_context(state: AppState, job: GenerationJob, workers: list[WorkerInfo]) -> None:
+async def _check_context(state: AppState, job: GenerationJob, workers: list[WorkerInfo]) -> int:
     """400 before enqueueing when the prompt plus max_tokens cannot fit the model's context.
 
-    Counted with the model's own vocabulary (api/tokenizers.py), as the worker counts it.
+    Counted with the model's own vocabulary (api/tokenizers.py), as the worker counts it;
+    returns the count.
     """
     n_ctx = min(w.n_ctx for w in workers)
     prompt = await state.tokenizers.count(job)
@@ -284,6 +287,7 @@ async def _check_context(state: AppState, job: GenerationJob, workers: list[Work
             if wanted and prompt < n_ctx
             else ("prompt" if job.prompt is not None else "messages"),
         )
+    return prompt
 
 
 async def _confirm_subscription(pubsub: PubSub, timeout_s: float) -> None:

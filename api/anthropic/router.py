@@ -5,11 +5,11 @@ The `anthropic-version` and `x-api-key` headers the client sends are accepted an
 
 import time
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 
 from api.anthropic import serving
 from api.anthropic.protocol import CountTokensRequest, Message, MessagesRequest, TokenCount
-from api.deps import StateDep
+from api.deps import RequestIdDep, StateDep
 from api.errors import flavour_route_class
 from api.jobs import count_prompt, submit
 from api.relay import collect, stream_response
@@ -19,22 +19,19 @@ router = APIRouter(
     prefix="/v1", route_class=flavour_route_class(serving.render_error, Flavour.ANTHROPIC)
 )
 
-RequestIdHeader = Header(default=None, alias="X-Request-ID")
-
 
 @router.post("/messages", response_model=None)
 async def messages(
-    body: MessagesRequest, state: StateDep, request_id: str | None = RequestIdHeader
+    body: MessagesRequest, state: StateDep, request_id: RequestIdDep = None
 ) -> Message | Response:
     job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
+    stream = await submit(state, job)
     if body.stream:
         # message_start carries the input tokens before the worker has reported any usage.
-        input_tokens = await count_prompt(state, job)
-        stream = await submit(state, job)
         return await stream_response(
-            stream, lambda: serving.MessageStreamEncoder(job, input_tokens)
+            stream, lambda: serving.MessageStreamEncoder(job, stream.prompt_tokens)
         )
-    text, done = await collect(await submit(state, job))
+    text, done = await collect(stream)
     return serving.message(job, text, done)
 
 

@@ -7,10 +7,10 @@ the name the request gave.
 import importlib.metadata
 import time
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
-from api.deps import StateDep
+from api.deps import RequestIdDep, StateDep
 from api.errors import NoWorkerError, flavour_route_class
 from api.jobs import live_models, require_live_worker, submit
 from api.ollama import catalog, serving
@@ -20,8 +20,6 @@ from api.relay import collect, stream_response
 from shared.job import Flavour
 
 router = APIRouter(route_class=flavour_route_class(serving.render_error, Flavour.OLLAMA))
-
-RequestIdHeader = Header(default=None, alias="X-Request-ID")
 
 
 @router.get("/", response_class=PlainTextResponse)
@@ -33,7 +31,7 @@ async def root() -> str:
 
 @router.post("/api/generate", response_model=None)
 async def generate(
-    body: GenerateRequest, state: StateDep, request_id: str | None = RequestIdHeader
+    body: GenerateRequest, state: StateDep, request_id: RequestIdDep = None
 ) -> GenerateDone | Response:
     if not body.prompt:
         await require_live_worker(state, body.target)
@@ -49,7 +47,7 @@ async def generate(
 
 @router.post("/api/chat", response_model=None)
 async def chat(
-    body: ChatRequest, state: StateDep, request_id: str | None = RequestIdHeader
+    body: ChatRequest, state: StateDep, request_id: RequestIdDep = None
 ) -> ChatDone | Response:
     if not body.messages:
         await require_live_worker(state, body.target)

@@ -2,9 +2,9 @@
 
 import time
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 
-from api.deps import StateDep
+from api.deps import RequestIdDep, StateDep
 from api.errors import ModelNotFoundError, flavour_route_class
 from api.jobs import live_models, submit
 from api.openai import serving
@@ -23,12 +23,10 @@ router = APIRouter(
     prefix="/v1", route_class=flavour_route_class(serving.render_error, Flavour.OPENAI)
 )
 
-RequestIdHeader = Header(default=None, alias="X-Request-ID")
-
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, state: StateDep, request_id: str | None = RequestIdHeader
+    body: ChatCompletionRequest, state: StateDep, request_id: RequestIdDep = None
 ) -> ChatCompletion | Response:
     job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
     stream = await submit(state, job)
@@ -42,7 +40,7 @@ async def chat_completions(
 
 @router.post("/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, state: StateDep, request_id: str | None = RequestIdHeader
+    body: CompletionRequest, state: StateDep, request_id: RequestIdDep = None
 ) -> Completion | Response:
     job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
     stream = await submit(state, job)
