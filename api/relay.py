@@ -5,6 +5,7 @@ clean-up live here once.
 """
 
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from fastapi.responses import StreamingResponse
 
@@ -12,6 +13,8 @@ from api.errors import ApiError, from_event
 from api.jobs import JobStream, Queued
 from api.sse import format_comment
 from shared.events import DoneEvent, ErrorEvent, Event, TokenEvent
+
+T = TypeVar("T")
 
 
 async def collect(stream: JobStream) -> tuple[str, DoneEvent]:
@@ -52,6 +55,19 @@ class StreamEncoder:
         if self.media_type != "text/event-stream":
             return []
         return [format_comment(f"queued position={position if position else '?'}")]
+
+
+async def answer(
+    stream: JobStream,
+    streaming: bool,
+    make_encoder: Callable[[], StreamEncoder],
+    whole: Callable[[str, DoneEvent], T],
+) -> T | StreamingResponse:
+    """The job's answer: its frames as they come, or the response `whole` builds once it ended."""
+    if streaming:
+        return await stream_response(stream, make_encoder)
+    text, done = await collect(stream)
+    return whole(text, done)
 
 
 async def stream_response(

@@ -1,5 +1,6 @@
 """What the app holds for its lifetime, built in the lifespan and reached through deps."""
 
+import time
 from dataclasses import dataclass
 
 from redis import Redis
@@ -61,6 +62,10 @@ class AppState:
             ApiMetrics(),
             JobTracker(redis, settings.record_ttl_s),
         )
+
+    def job_deadline(self) -> float:
+        """When a job submitted now must have started by."""
+        return time.time() + self.settings.queue_deadline_s
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -12,7 +12,7 @@ from api.anthropic.protocol import CountTokensRequest, Message, MessagesRequest,
 from api.deps import RequestIdDep, StateDep
 from api.errors import flavour_route_class
 from api.jobs import count_prompt, submit
-from api.relay import collect, stream_response
+from api.relay import answer
 from shared.job import Flavour
 
 router = APIRouter(
@@ -24,15 +24,15 @@ router = APIRouter(
 async def messages(
     body: MessagesRequest, state: StateDep, request_id: RequestIdDep = None
 ) -> Message | Response:
-    job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
+    job = body.to_job(state.job_deadline(), request_id)
     stream = await submit(state, job)
-    if body.stream:
+    return await answer(
+        stream,
+        body.stream,
         # message_start carries the input tokens before the worker has reported any usage.
-        return await stream_response(
-            stream, lambda: serving.MessageStreamEncoder(job, stream.prompt_tokens)
-        )
-    text, done = await collect(stream)
-    return serving.message(job, text, done)
+        lambda: serving.MessageStreamEncoder(job, stream.prompt_tokens),
+        lambda text, done: serving.message(job, text, done),
+    )
 
 
 @router.post("/messages/count_tokens")

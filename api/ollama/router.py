@@ -5,7 +5,6 @@ the name the request gave.
 """
 
 import importlib.metadata
-import time
 
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
@@ -16,7 +15,7 @@ from api.jobs import live_models, require_live_worker, submit
 from api.ollama import catalog, serving
 from api.ollama.catalog import PsResponse, ShowRequest, ShowResponse, TagsResponse, VersionResponse
 from api.ollama.protocol import ChatDone, ChatRequest, GenerateDone, GenerateRequest
-from api.relay import collect, stream_response
+from api.relay import answer
 from shared.job import Flavour
 
 router = APIRouter(route_class=flavour_route_class(serving.render_error, Flavour.OLLAMA))
@@ -36,13 +35,15 @@ async def generate(
     if not body.prompt:
         await require_live_worker(state, body.target)
         return serving.loaded_generate(body.model)
-    job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
-    job = await serving.fit_context(state, job, body.options.num_ctx)
-    stream = await submit(state, job)
-    if body.stream:
-        return await stream_response(stream, lambda: serving.GenerateEncoder(job, body.model))
-    text, done = await collect(stream)
-    return serving.generate_done(job, body.model, text, done)
+    job = await serving.fit_context(
+        state, body.to_job(state.job_deadline(), request_id), body.options.num_ctx
+    )
+    return await answer(
+        await submit(state, job),
+        body.stream,
+        lambda: serving.GenerateEncoder(job, body.model),
+        lambda text, done: serving.generate_done(job, body.model, text, done),
+    )
 
 
 @router.post("/api/chat", response_model=None)
@@ -52,13 +53,15 @@ async def chat(
     if not body.messages:
         await require_live_worker(state, body.target)
         return serving.loaded_chat(body.model)
-    job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
-    job = await serving.fit_context(state, job, body.options.num_ctx)
-    stream = await submit(state, job)
-    if body.stream:
-        return await stream_response(stream, lambda: serving.ChatEncoder(job, body.model))
-    text, done = await collect(stream)
-    return serving.chat_done(job, body.model, text, done)
+    job = await serving.fit_context(
+        state, body.to_job(state.job_deadline(), request_id), body.options.num_ctx
+    )
+    return await answer(
+        await submit(state, job),
+        body.stream,
+        lambda: serving.ChatEncoder(job, body.model),
+        lambda text, done: serving.chat_done(job, body.model, text, done),
+    )
 
 
 @router.get("/api/tags")

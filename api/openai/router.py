@@ -1,7 +1,5 @@
 """OpenAI HTTP routes: parse, submit, answer. Translation lives in protocol and serving."""
 
-import time
-
 from fastapi import APIRouter, Response
 
 from api.deps import RequestIdDep, StateDep
@@ -16,7 +14,7 @@ from api.openai.protocol import (
     ModelCard,
     ModelList,
 )
-from api.relay import collect, stream_response
+from api.relay import answer
 from shared.job import Flavour
 
 router = APIRouter(
@@ -28,28 +26,26 @@ router = APIRouter(
 async def chat_completions(
     body: ChatCompletionRequest, state: StateDep, request_id: RequestIdDep = None
 ) -> ChatCompletion | Response:
-    job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
-    stream = await submit(state, job)
-    if body.stream:
-        return await stream_response(
-            stream, lambda: serving.ChatStreamEncoder(job, body.include_usage)
-        )
-    text, done = await collect(stream)
-    return serving.chat_completion(job, text, done)
+    job = body.to_job(state.job_deadline(), request_id)
+    return await answer(
+        await submit(state, job),
+        body.stream,
+        lambda: serving.ChatStreamEncoder(job, body.include_usage),
+        lambda text, done: serving.chat_completion(job, text, done),
+    )
 
 
 @router.post("/completions", response_model=None)
 async def completions(
     body: CompletionRequest, state: StateDep, request_id: RequestIdDep = None
 ) -> Completion | Response:
-    job = body.to_job(time.time() + state.settings.queue_deadline_s, request_id)
-    stream = await submit(state, job)
-    if body.stream:
-        return await stream_response(
-            stream, lambda: serving.CompletionStreamEncoder(job, body.include_usage)
-        )
-    text, done = await collect(stream)
-    return serving.completion(job, text, done)
+    job = body.to_job(state.job_deadline(), request_id)
+    return await answer(
+        await submit(state, job),
+        body.stream,
+        lambda: serving.CompletionStreamEncoder(job, body.include_usage),
+        lambda text, done: serving.completion(job, text, done),
+    )
 
 
 @router.get("/models")
