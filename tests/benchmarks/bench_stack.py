@@ -5,7 +5,7 @@
 Starts its own redis-server, one worker and one API on free loopback ports, then measures, for
 the same chat prompt, greedy, the same number of tokens:
   in process   llama-cpp-python `Llama.generate`, 2 threads, like the worker
-  enqueue      subscribe + RQ enqueue straight on Redis -> first token event (no HTTP)
+  enqueue      subscribe + admit (the API's atomic RQ enqueue) -> first token event, no HTTP
   http         the official openai client, streaming: request -> first chunk, decode tokens/s
 Prints medians over the runs. Not a test: nothing here asserts on speed.
 """
@@ -19,11 +19,11 @@ from pathlib import Path
 import llama_cpp
 from openai import OpenAI
 
+from api import admission
 from shared import keys
 from shared.events import DoneEvent, TokenEvent, parse_event
 from shared.job import ChatMessage, Flavour, GenerationJob, SamplingParams
-from shared.queues import GENERATE_TASK, model_queue
-from shared.settings import DEFAULT_MODEL, default_gguf_path
+from shared.settings import DEFAULT_MODEL, Settings, default_gguf_path
 from shared.tokenizer import PromptTokenizer
 from tests.integration.procs import ApiProcess, RedisServer, WorkerProcess
 
@@ -53,7 +53,7 @@ def in_process(tokens: int, runs: int) -> tuple[list[float], list[float]]:
 
 def via_redis(redis: RedisServer, tokens: int, runs: int) -> tuple[list[float], list[float]]:
     client = redis.client()
-    queue = model_queue(client, DEFAULT_MODEL)
+    settings = Settings(redis_url=redis.url)
     ttft, rate = [], []
     for _ in range(runs):
         job = GenerationJob(
@@ -66,11 +66,14 @@ def via_redis(redis: RedisServer, tokens: int, runs: int) -> tuple[list[float], 
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(keys.events_channel(job.id))
         start = time.perf_counter()
-        queue.enqueue_call(func=GENERATE_TASK, args=(job.model_dump(mode="json"),), job_id=job.id)
+        assert admission.admit(client, job, settings) is None, "the queue is full"
         first = 0.0
+        give_up = time.monotonic() + 60
         while True:
-            message = pubsub.get_message(timeout=30)
-            if message is None:
+            message = pubsub.get_message(timeout=1)
+            if message is None:  # nothing yet, or the subscription's confirmation
+                if time.monotonic() > give_up:
+                    raise TimeoutError("no event from the worker for 60 s")
                 continue
             event = parse_event(message["data"])
             if isinstance(event, TokenEvent) and not first:
