@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 
 from api import observe
@@ -152,9 +153,15 @@ def from_http(exc: HTTPException) -> ApiError:
 ErrorRenderer = Callable[[ApiError], Response]
 
 
-def flavour_route_class(render: ErrorRenderer, flavour: Flavour) -> type[APIRoute]:
+def flavour_route_class(
+    render: ErrorRenderer, flavour: Flavour, *, json_whatever_content_type: bool = False
+) -> type[APIRoute]:
     """A route class whose errors all come out in one flavour's shape, and whose requests
-    are observed (metrics, request log) under that flavour."""
+    are observed (metrics, request log) under that flavour.
+
+    With `json_whatever_content_type`, a body is read as JSON whatever Content-Type the client
+    declared, as Ollama does (its documented `curl -d '{...}'` sends a form content type).
+    """
 
     class FlavourRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -162,6 +169,8 @@ def flavour_route_class(render: ErrorRenderer, flavour: Flavour) -> type[APIRout
             counted = self.body_field is not None
 
             async def route(request: Request) -> Response:
+                if json_whatever_content_type and request.method == "POST":
+                    MutableHeaders(scope=request.scope)["content-type"] = "application/json"
                 metrics = request.app.state.tokenq.metrics
                 with observe.observing(metrics, flavour, counted=counted) as observation:
                     try:

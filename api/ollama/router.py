@@ -18,7 +18,11 @@ from api.ollama.protocol import ChatDone, ChatRequest, GenerateDone, GenerateReq
 from api.relay import answer
 from shared.job import Flavour
 
-router = APIRouter(route_class=flavour_route_class(serving.render_error, Flavour.OLLAMA))
+router = APIRouter(
+    route_class=flavour_route_class(
+        serving.render_error, Flavour.OLLAMA, json_whatever_content_type=True
+    )
+)
 
 
 @router.get("/", response_class=PlainTextResponse)

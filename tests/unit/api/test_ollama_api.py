@@ -293,3 +293,11 @@ async def test_version_and_root(harness: Harness) -> None:
     root = await harness.client.get("/")
     assert root.text == "Ollama is running"
     assert (await harness.client.head("/")).status_code == 200
+
+
+async def test_body_is_json_whatever_the_content_type(harness: Harness) -> None:
+    """Ollama's documented `curl -d '{...}'` declares a form body; Ollama reads it as JSON."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = await harness.call("/api/chat", CHAT, headers=form)
+    assert response.status_code == 200, response.text
+    assert response.json()["message"]["content"] == "Hello, world"
