@@ -236,8 +236,10 @@ def test_api_sigterm_lets_open_streams_finish(
 
 
 def _refused(url: str) -> bool:
+    """No new request is served: refused, or (racing the listener's close) accepted from the
+    backlog and closed unanswered."""
     try:
         httpx.get(f"{url}/healthz", timeout=1)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
         return True
     return False
