@@ -98,9 +98,10 @@ def run_worker(settings: WorkerSettings) -> None:
         serve(observer, settings.metrics_host, settings.metrics_port)
     gguf = settings.gguf_path()
     log.info("loading %s for model %s", gguf, settings.model)
-    redis = Redis.from_url(settings.redis_url, health_check_interval=10)
+    timeout = settings.redis_timeout_s
+    ops = Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     # Describing the file (hash, metadata) overlaps with loading the weights.
-    facts = ThreadPoolExecutor(max_workers=1).submit(describe, redis, gguf)
+    facts = ThreadPoolExecutor(max_workers=1).submit(describe, ops, gguf)
     engine = LlamaEngine(
         gguf,
         n_ctx=settings.n_ctx,
@@ -120,8 +121,6 @@ def run_worker(settings: WorkerSettings) -> None:
         facts=facts.result(),
     )
     observer.loaded(info, engine.info)
-    timeout = settings.redis_timeout_s
-    ops = Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     control = RedisJobControl(ops, info.worker_id, settings)
     max_running = settings.limits(settings.model).max_running
     gate = RunGate(ops, settings.model, info.worker_id, max_running) if max_running else None
