@@ -48,6 +48,9 @@ class FakeEngine:
     def release(self, slot: int) -> None:
         self._position = None
 
+    def self_check(self) -> None:
+        pass
+
 
 @dataclass
 class RecordingPublisher:

@@ -35,6 +35,10 @@ class EngineBusyError(RuntimeError):
     """No free slot."""
 
 
+class EngineCheckError(RuntimeError):
+    """The engine cannot compute on this machine: its start-up check failed."""
+
+
 class Engine(Protocol):
     @property
     def info(self) -> EngineInfo: ...
@@ -53,4 +57,12 @@ class Engine(Protocol):
 
     def release(self, slot: int) -> None:
         """End the slot's sequence and free it."""
+        ...
+
+    def self_check(self) -> None:
+        """Evaluate a prompt of a few dozen tokens and decode a few, as a real job would.
+
+        Raises EngineCheckError if the result is unusable. Run before the worker registers,
+        so a build that cannot run here (it may also kill the process) never takes a job.
+        """
         ...

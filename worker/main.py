@@ -1,6 +1,7 @@
 """The worker process: load the model once, register, and serve its RQ queue."""
 
 import contextlib
+import faulthandler
 import logging
 import os
 import socket
@@ -16,12 +17,14 @@ from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.job import Job
 
+from shared.exits import ExitStatus
 from shared.metrics import WorkerMetrics
 from shared.model_facts import describe
 from shared.queues import model_queue
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
 from worker.control import RedisJobControl, RunGate
+from worker.engine import Engine, EngineCheckError
 from worker.heartbeat import Heartbeat
 from worker.llama_engine import LlamaEngine
 from worker.observe import WorkerObserver, serve
@@ -93,6 +96,8 @@ class ModelWorker(SimpleWorker):
 
 def run_worker(settings: WorkerSettings) -> None:
     """Serve `settings.model` until SIGTERM/SIGINT (the running job is finished first)."""
+    # A crash inside llama.cpp (SIGSEGV, SIGILL, SIGBUS) prints the Python stack it hit.
+    faulthandler.enable()
     observer = WorkerObserver(WorkerMetrics(settings.model), settings.heartbeat_ttl_s)
     if settings.metrics_port is not None:  # up before the model loads: liveness during a load
         serve(observer, settings.metrics_host, settings.metrics_port)
@@ -110,6 +115,7 @@ def run_worker(settings: WorkerSettings) -> None:
         flash_attn=settings.flash_attn,
     )
     log.info("loaded in %.2fs on %s", engine.info.load_seconds, engine.info.backend)
+    _check_engine(engine)
     info = WorkerInfo(
         worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         model=settings.model,
@@ -136,6 +142,22 @@ def run_worker(settings: WorkerSettings) -> None:
         on_beat=observer.heartbeat,
     ):
         _serve(runner, queue, gate, settings.heartbeat_ttl_s)
+
+
+def _check_engine(engine: Engine) -> None:
+    """Prove the engine computes before registering; exit with a plain cause if it cannot."""
+    log.info(
+        "engine self-check: evaluating a short prompt and decoding a few tokens (if the process "
+        "dies here, this llama.cpp build does not run on this CPU: see the README, 'llama.cpp "
+        "build')"
+    )
+    started = time.perf_counter()
+    try:
+        engine.self_check()
+    except EngineCheckError as exc:
+        log.error("engine self-check failed, not registering: %s", exc)
+        raise SystemExit(ExitStatus.ENGINE_CHECK_FAILED) from exc
+    log.info("engine self-check passed in %.2fs", time.perf_counter() - started)
 
 
 def _serve(runner: JobRunner, queue: Queue, gate: RunGate | None, lease_ttl_s: float) -> None:
