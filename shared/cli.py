@@ -5,12 +5,12 @@ import logging.config
 import os
 import shutil
 import signal
-import subprocess
+import socket
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,9 +21,12 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 
+from shared.exits import ExitStatus
 from shared.logs import logging_config
 from shared.metrics import MULTIPROC_DIR_ENV
+from shared.registry import live_workers_now
 from shared.settings import DEFAULT_MODEL, ApiSettings, Settings, WorkerSettings
+from shared.supervise import Child, Death, Supervisor, worker_restartable
 
 app = typer.Typer(help="tokenq: an LLM API that scales out on Redis.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -135,14 +138,28 @@ def up(
     port: Annotated[int, typer.Option(help="Port for the API.")] = 8000,
     model: Annotated[str, typer.Option(help="Model name for the worker.")] = DEFAULT_MODEL,
 ) -> None:
-    """Redis (if none answers), one API and one worker, in the foreground; Ctrl-C stops all."""
+    """Redis (if none answers), one API and one worker, in the foreground; Ctrl-C stops all.
+
+    A child that dies is reported (exit status or signal, its last lines) and restarted with
+    backoff; one that cannot recover (a failed engine check, repeated deaths) stops them all
+    with exit status 1.
+    """
     settings = ApiSettings()
-    procs: list[subprocess.Popen[bytes]] = []
-    if not _redis_answers(settings.redis_url):
-        procs.append(_start_redis(settings.redis_url))
+    url = f"http://{host}:{port}"
     me = [sys.executable, "-m", "shared.cli"]
-    procs.append(subprocess.Popen([*me, "worker", "--model", model]))
-    procs.append(subprocess.Popen([*me, "api", "--host", host, "--port", str(port)]))
+    children = []
+    if not _redis_answers(settings.redis_url):
+        children.append(_redis_child(settings.redis_url))
+    children += [
+        Child(
+            "worker",
+            [*me, "worker", "--model", model],
+            ready=lambda child: _registered(settings.redis_url, model, child.pid),
+            restartable=worker_restartable,
+        ),
+        Child("api", [*me, "api", "--host", host, "--port", str(port)], ready=_healthy(url)),
+    ]
+    supervisor = Supervisor(children)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -151,31 +168,69 @@ def up(
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    url = f"http://{host}:{port}"
+    failed = False
     announced = False
+    supervisor.start()
     try:
-        while not stopping and all(p.poll() is None for p in procs):
+        while not stopping and not failed:
+            for death in supervisor.poll():
+                failed |= _report(death)
             if not announced and _ready(url):
                 announced = True
-                console.print(f"[bold green]tokenq is up[/] at {url}  (model: {model})")
-                console.print(
-                    f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
-                    f'-d \'{{"model": "{model}", "messages": '
-                    f'[{{"role": "user", "content": "Hello!"}}]}}\'',
-                    soft_wrap=True,  # one line, so it can be copied
-                )
-            time.sleep(0.5)
+                _announce(url, model)
+            time.sleep(0.2)
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    failed = [p for p in procs if p.returncode not in (0, -signal.SIGTERM, None)]
-    raise typer.Exit(1 if failed and not stopping else 0)
+        supervisor.stop()
+    raise typer.Exit(1 if failed else 0)
+
+
+def _report(death: Death) -> bool:
+    """Say what died and how; True if tokenq up must give up."""
+    console.print(f"[bold red]{death.message()}[/]")
+    if death.tail:
+        console.print(f"  its last {len(death.tail)} lines:", highlight=False)
+        for line in death.tail:
+            console.print(f"  | {line}", highlight=False, markup=False, soft_wrap=True)
+    if death.returncode == ExitStatus.ENGINE_CHECK_FAILED:
+        console.print("[red]its engine failed the start-up check: restarting cannot help.[/]")
+    elif death.returncode < 0 and not death.child.was_ready:
+        console.print(
+            "[red]a crash while starting often means a llama.cpp build this CPU cannot run: "
+            "`make run` rebuilds it for this machine (see the README, 'llama.cpp build').[/]"
+        )
+    if death.restart_in_s is None:
+        console.print("[bold red]giving up: stopping tokenq[/]")
+        return True
+    console.print(f"  restarting it in {death.restart_in_s:.0f}s")
+    return False
+
+
+def _announce(url: str, model: str) -> None:
+    console.print(f"[bold green]tokenq is up[/] at {url}  (model: {model})")
+    console.print(
+        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{model}", "messages": '
+        f'[{{"role": "user", "content": "Hello!"}}]}}\'',
+        soft_wrap=True,  # one line, so it can be copied
+    )
+
+
+def _registered(redis_url: str, model: str, pid: int | None) -> bool:
+    """Whether the worker with this pid (on this host) has registered."""
+    try:
+        redis = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        workers = live_workers_now(redis, model)
+    except RedisError:
+        return False
+    host = socket.gethostname()
+    return any(w.pid == pid and w.worker_id.startswith(f"{host}-") for w in workers)
+
+
+def _healthy(url: str) -> Callable[[Child], bool]:
+    def check(child: Child) -> bool:
+        return _http_ok(f"{url}/healthz")
+
+    return check
 
 
 def _redis_answers(url: str) -> bool:
@@ -185,38 +240,24 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
-def _start_redis(url: str) -> "subprocess.Popen[bytes]":
+def _redis_child(url: str) -> Child:
     server = shutil.which("redis-server")
     if server is None:
         console.print("[red]no Redis answers at[/] " + url + " [red]and redis-server is missing[/]")
         raise typer.Exit(1)
     parsed = urlparse(url)
-    proc = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(parsed.port or 6379),
-            "--bind",
-            parsed.hostname or "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    for _ in range(50):
-        if _redis_answers(url):
-            return proc
-        time.sleep(0.1)
-    proc.terminate()
-    console.print(f"[red]redis-server did not come up at[/] {url}")
-    raise typer.Exit(1)
+    argv = [server, "--port", str(parsed.port or 6379), "--bind", parsed.hostname or "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no"]
+    return Child("redis", argv, ready=lambda child: _redis_answers(url), echo=False)
 
 
 def _ready(url: str) -> bool:
+    return _http_ok(f"{url}/readyz")
+
+
+def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
+        with urllib.request.urlopen(url, timeout=1) as response:
             return bool(response.status == 200)
     except OSError:  # refused, timed out, or 503 (HTTPError)
         return False

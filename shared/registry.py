@@ -59,6 +59,15 @@ async def live_workers(redis: AsyncRedis, model: str) -> list[WorkerInfo]:
     return [WorkerInfo.model_validate_json(r) for r in raw if r is not None]
 
 
+def live_workers_now(redis: Redis, model: str) -> list[WorkerInfo]:
+    """`live_workers` for synchronous callers (the `tokenq up` supervisor), read-only."""
+    ids = cast(list[bytes], redis.zrangebyscore(keys.workers_index(model), time.time(), "+inf"))
+    if not ids:
+        return []
+    raw = cast(list[bytes | None], redis.mget([keys.worker_info(_text(i)) for i in ids]))
+    return [WorkerInfo.model_validate_json(r) for r in raw if r is not None]
+
+
 async def is_alive(redis: AsyncRedis, worker_id: str) -> bool:
     """Whether this worker's heartbeat has not lapsed."""
     return bool(await redis.exists(keys.worker_info(worker_id)))
