@@ -7,6 +7,7 @@ the same chat prompt, greedy, the same number of tokens:
   in process   llama-cpp-python `Llama.generate`, 2 threads, like the worker
   enqueue      subscribe + admit (the API's atomic RQ enqueue) -> first token event, no HTTP
   http         the official openai client, streaming: request -> first chunk, decode tokens/s
+  prefill      llama-cpp-python in process: a prompt of --prefill-tokens evaluated from scratch
 Prints medians over the runs. Not a test: nothing here asserts on speed.
 """
 
@@ -49,6 +50,27 @@ def in_process(tokens: int, runs: int) -> tuple[list[float], list[float]]:
         ttft.append(first - start)
         rate.append((tokens - 1) / (end - first))
     return ttft, rate
+
+
+def prefill(tokens: int, runs: int) -> list[float]:
+    """Prompt evaluation speed in tokens/s (the multi-token kernels the build compiled in)."""
+    llama = llama_cpp.Llama(
+        str(default_gguf_path()),
+        n_ctx=max(4096, tokens + 16),
+        n_batch=512,
+        n_threads=2,
+        n_threads_batch=2,
+        verbose=False,
+    )
+    text = " ".join([PROMPT] * tokens)
+    prompt = llama.tokenize(text.encode())[:tokens]
+    rates = []
+    for _ in range(runs):
+        llama.reset()
+        start = time.perf_counter()
+        llama.eval(prompt)
+        rates.append(len(prompt) / (time.perf_counter() - start))
+    return rates
 
 
 def via_redis(redis: RedisServer, tokens: int, runs: int) -> tuple[list[float], list[float]]:
@@ -123,7 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--prefill-tokens", type=int, default=1024)
     args = parser.parse_args()
+    prefill_rates = prefill(args.prefill_tokens, args.runs)
     with tempfile.TemporaryDirectory() as tmp:
         redis = RedisServer(Path(tmp))
         redis.start()
@@ -142,6 +166,10 @@ def main() -> None:
             redis.stop()
     for name, (ttft, rate) in results.items():
         report(name, ttft, rate)
+    print(
+        f"{'prefill':<12} {args.prefill_tokens} prompt tokens "
+        f"{statistics.median(prefill_rates):7.1f} tokens/s   (median of {len(prefill_rates)})"
+    )
     base = statistics.median(results["in process"][1])
     for name in ("enqueue", "http"):
         print(f"{name} decode / in process: {statistics.median(results[name][1]) / base:.3f}")
