@@ -115,6 +115,8 @@ def test_worker_killed_before_the_first_token_reruns_on_another(
     finished = redis.client().zrange(keys.finished_jobs(DEFAULT_MODEL), 0, -1)
     assert [f.decode() for f in finished if f.decode().startswith(job_id)] == [f"{job_id}-2"]
     assert redis.client().zcard(keys.waiting_jobs(DEFAULT_MODEL)) == 0
+    # The API's log names the dead worker.
+    assert f"job {job_id}: worker {running.worker} died; requeued" in fault_api.output()
 
 
 def test_worker_killed_after_tokens_were_sent_ends_the_stream_within_10s(
@@ -134,6 +136,7 @@ def test_worker_killed_after_tokens_were_sent_ends_the_stream_within_10s(
     assert "worker" in info.value.message
     failed = record(redis.client(), first.id.removeprefix("cmpl-"))
     assert failed.status is JobStatus.FAILED and failed.error == "worker_lost"
+    assert f"worker {failed.worker} died; failed" in fault_api.output()
     view = httpx.get(f"{fault_api.url}/v1/jobs/{first.id}").json()
     assert view["status"] == "failed"
 
