@@ -4,13 +4,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 
 from api import control, health, metrics
+from api.anthropic import serving as anthropic_serving
 from api.anthropic.router import router as anthropic_router
+from api.ollama import serving as ollama_serving
 from api.ollama.router import router as ollama_router
+from api.openai import serving as openai_serving
 from api.openai.router import router as openai_router
+from api.pipeline import unrouted_error_handler
 from api.request_id import RequestIdMiddleware
 from api.state import AppState
+from shared.job import Flavour
 from shared.settings import ApiSettings
 
 
@@ -34,6 +40,15 @@ def create_app(settings: ApiSettings | None = None, state: AppState | None = Non
     app.include_router(anthropic_router)
     app.include_router(ollama_router)
     app.include_router(control.router)
+    # Unknown paths and methods under a flavour's prefix answer in that flavour's shape.
+    unrouted = unrouted_error_handler(
+        [
+            ("/v1/messages", Flavour.ANTHROPIC, anthropic_serving.render_error),
+            ("/v1/", Flavour.OPENAI, openai_serving.render_error),
+            ("/api/", Flavour.OLLAMA, ollama_serving.render_error),
+        ]
+    )
+    app.add_exception_handler(HTTPException, unrouted)
     if state is not None:  # usable without running the lifespan too
         app.state.tokenq = state
     return app

@@ -13,8 +13,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import StateDep
-from api.errors import JobNotCancellableError, JobNotFoundError, flavour_route_class
+from api.errors import JobNotCancellableError, JobNotFoundError
 from api.openai.serving import render_error
+from api.pipeline import flavour_route_class
 from api.state import AppState
 from shared.job import Flavour
 from shared.lifecycle import JobRecord, JobStatus

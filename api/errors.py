@@ -1,30 +1,21 @@
 """One error hierarchy, mapped to HTTP statuses here and rendered in each flavour's shape.
 
-Routes raise these; a flavour's route class (`flavour_route_class`) catches them, and also
-request validation, framework HTTP errors and Redis failures, and hands them to that
-flavour's renderer. The route class also caps the request body, ends a request whose client
-went away, and observes every request (api/observe.py): an error whose class names a
-`rejection` reason is counted as a rejection with that reason.
+Routes raise these; the request pipeline (api/pipeline.py) catches them, and also request
+validation, framework HTTP errors and Redis failures (`as_api_error`), and hands them to the
+flavour's renderer. An error whose class names a `rejection` reason is counted as a rejection
+with that reason.
 """
 
 import logging
-from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from typing import Any
 
-import anyio
-from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
-from fastapi.routing import APIRoute
 from redis.exceptions import RedisError
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 
-from api import observe
-from shared.events import ErrorCode, ErrorEvent, TerminalEvent
-from shared.job import Flavour
-from shared.metrics import CLIENT_CLOSED, RejectReason
+from shared.events import ErrorCode, ErrorEvent
+from shared.metrics import RejectReason
 
 log = logging.getLogger(__name__)
 
@@ -150,57 +141,8 @@ def from_http(exc: HTTPException) -> ApiError:
     return error
 
 
-ErrorRenderer = Callable[[ApiError], Response]
-
-
-def flavour_route_class(
-    render: ErrorRenderer, flavour: Flavour, *, json_whatever_content_type: bool = False
-) -> type[APIRoute]:
-    """A route class whose errors all come out in one flavour's shape, and whose requests
-    are observed (metrics, request log) under that flavour.
-
-    With `json_whatever_content_type`, a body is read as JSON whatever Content-Type the client
-    declared, as Ollama does (its documented `curl -d '{...}'` sends a form content type).
-    """
-
-    class FlavourRoute(APIRoute):
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler = super().get_route_handler()
-            counted = self.body_field is not None
-
-            async def route(request: Request) -> Response:
-                if json_whatever_content_type and request.method == "POST":
-                    MutableHeaders(scope=request.scope)["content-type"] = "application/json"
-                metrics = request.app.state.tokenq.metrics
-                with observe.observing(metrics, flavour, counted=counted) as observation:
-                    try:
-                        request = CappedRequest(request.scope, request.receive)
-                        await request.body()  # all of it, within the cap, before watching
-                        response = await until_disconnected(request, handler)
-                    except Exception as exc:
-                        error = _as_api_error(exc, request)
-                        observation.close(
-                            error.status,
-                            error.rejection,
-                            model_known=not isinstance(error, ModelNotFoundError),
-                        )
-                        return render(error)
-                    except BaseException:  # cancelled: the client went away
-                        observation.close(CLIENT_CLOSED)
-                        raise
-                if isinstance(response, StreamingResponse):  # over once its body is sent
-                    return observe.UntilSent(
-                        response, lambda: observation.close(_status(observation.terminal))
-                    )
-                observation.close(response.status_code)
-                return response
-
-            return route
-
-    return FlavourRoute
-
-
-def _as_api_error(exc: Exception, request: Request) -> ApiError:
+def as_api_error(exc: Exception) -> ApiError:
+    """Any exception a route let through, as the API error its client gets."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, RequestValidationError):
@@ -210,64 +152,8 @@ def _as_api_error(exc: Exception, request: Request) -> ApiError:
     if isinstance(exc, RedisError):
         log.warning("redis unavailable: %s", exc)
         return BackendUnavailableError("the queue backend is unavailable")
-    log.exception("unhandled error on %s", request.url.path)
+    log.exception("unhandled error", exc_info=exc)
     return ApiError("internal server error")
-
-
-def _status(terminal: TerminalEvent | None) -> int:
-    """A streamed request's status: 200, its in-stream error's, or 499 if it never ended."""
-    if terminal is None:
-        return CLIENT_CLOSED
-    return 200 if terminal.type == "done" else from_event(terminal).status
-
-
-class CappedRequest(Request):
-    """A request whose body may not exceed the app's `max_body_bytes` (413 beyond it)."""
-
-    async def body(self) -> bytes:
-        if not hasattr(self, "_body"):
-            limit: int = self.app.state.tokenq.settings.max_body_bytes
-            declared = self.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise RequestTooLargeError(f"the request body is over {limit} bytes")
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in self.stream():  # no Content-Length: count as it arrives
-                size += len(chunk)
-                if size > limit:
-                    raise RequestTooLargeError(f"the request body is over {limit} bytes")
-                chunks.append(chunk)
-            self._body = b"".join(chunks)
-        return self._body
-
-
-async def until_disconnected(
-    request: Request, handler: Callable[[Request], Coroutine[Any, Any, Response]]
-) -> Response:
-    """Run the handler until it answers or its client disconnects, whichever comes first.
-
-    Starlette notices a disconnect only once a response is streaming; a request waiting for
-    its job (queued, or collecting a whole answer) would otherwise hold the job after its
-    client left. Cancelling the handler closes its job stream, which cancels the job.
-    """
-    outcome: Response | Exception | None = None
-    async with anyio.create_task_group() as group:
-
-        async def watch() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            log.info("client went away: %s %s", request.method, request.url.path)
-            group.cancel_scope.cancel()
-
-        group.start_soon(watch)
-        try:
-            outcome = await handler(request)
-        except Exception as exc:  # re-raised below, outside the task group's ExceptionGroup
-            outcome = exc
-        group.cancel_scope.cancel()
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome or Response(status_code=CLIENT_CLOSED)  # nobody is left to read it
 
 
 def _describe(error: Any) -> tuple[str, str]:

@@ -1,16 +1,14 @@
 """What one request on a flavour's API did: its metrics and its closing log line.
 
-A flavour's route class (`api.errors.flavour_route_class`) opens a `RequestObservation` for
-every request and closes it exactly once, with the response's status; `submit` attaches the
-job, and the job's stream reports its events. Per token this costs one clock read and one
+A flavour's route class (`api.pipeline.flavour_route_class`) opens a `RequestObservation`
+for every request and closes it exactly once, with the response's status; `submit` attaches
+the job, and the job's stream reports its events. Per token this costs one clock read and one
 histogram observation.
 """
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 
 from fastapi import Response
 from prometheus_client import Histogram
@@ -22,27 +20,6 @@ from shared.job import Flavour, GenerationJob
 from shared.metrics import CLIENT_CLOSED, ApiMetrics, RejectReason
 
 log = logging.getLogger("tokenq.requests")
-
-_current: ContextVar["RequestObservation | None"] = ContextVar("tokenq_request", default=None)
-
-
-def current() -> "RequestObservation | None":
-    """The observation of the request being served in this context, if any."""
-    return _current.get()
-
-
-@contextmanager
-def observing(
-    metrics: ApiMetrics, flavour: Flavour, *, counted: bool
-) -> Iterator["RequestObservation"]:
-    """Open an observation and make it `current()` for the block (the route handler)."""
-    observation = RequestObservation(metrics, flavour, counted=counted)
-    token = _current.set(observation)
-    try:
-        yield observation
-    finally:
-        _current.reset(token)
-
 
 class RequestObservation:
     def __init__(self, metrics: ApiMetrics, flavour: Flavour, *, counted: bool) -> None:

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Response
 from api.anthropic import serving
 from api.anthropic.protocol import CountTokensRequest, Message, MessagesRequest, TokenCount
 from api.deps import RequestIdDep, StateDep
-from api.errors import flavour_route_class
-from api.jobs import count_prompt, submit
+from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import answer
+from api.submit import count_prompt, submit
 from shared.job import Flavour
 
 router = APIRouter(
@@ -22,10 +22,13 @@ router = APIRouter(
 
 @router.post("/messages", response_model=None)
 async def messages(
-    body: MessagesRequest, state: StateDep, request_id: RequestIdDep = None
+    body: MessagesRequest,
+    state: StateDep,
+    observation: ObservationDep,
+    request_id: RequestIdDep = None,
 ) -> Message | Response:
     job = body.to_job(state.job_deadline(), request_id)
-    stream = await submit(state, job)
+    stream = await submit(state, job, observation)
     return await answer(
         stream,
         body.stream,

@@ -10,12 +10,14 @@ from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
 from api.deps import RequestIdDep, StateDep
-from api.errors import NoWorkerError, flavour_route_class
-from api.jobs import live_models, require_live_worker, submit
+from api.errors import NoWorkerError
+from api.models import live_models, require_live_worker
 from api.ollama import catalog, serving
 from api.ollama.catalog import PsResponse, ShowRequest, ShowResponse, TagsResponse, VersionResponse
 from api.ollama.protocol import ChatDone, ChatRequest, GenerateDone, GenerateRequest
+from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import answer
+from api.submit import submit
 from shared.job import Flavour
 
 router = APIRouter(
@@ -34,7 +36,10 @@ async def root() -> str:
 
 @router.post("/api/generate", response_model=None)
 async def generate(
-    body: GenerateRequest, state: StateDep, request_id: RequestIdDep = None
+    body: GenerateRequest,
+    state: StateDep,
+    observation: ObservationDep,
+    request_id: RequestIdDep = None,
 ) -> GenerateDone | Response:
     if not body.prompt:
         await require_live_worker(state, body.target)
@@ -43,7 +48,7 @@ async def generate(
         state, body.to_job(state.job_deadline(), request_id), body.options.num_ctx
     )
     return await answer(
-        await submit(state, job),
+        await submit(state, job, observation),
         body.stream,
         lambda: serving.GenerateEncoder(job, body.model),
         lambda text, done: serving.generate_done(job, body.model, text, done),
@@ -52,7 +57,10 @@ async def generate(
 
 @router.post("/api/chat", response_model=None)
 async def chat(
-    body: ChatRequest, state: StateDep, request_id: RequestIdDep = None
+    body: ChatRequest,
+    state: StateDep,
+    observation: ObservationDep,
+    request_id: RequestIdDep = None,
 ) -> ChatDone | Response:
     if not body.messages:
         await require_live_worker(state, body.target)
@@ -61,7 +69,7 @@ async def chat(
         state, body.to_job(state.job_deadline(), request_id), body.options.num_ctx
     )
     return await answer(
-        await submit(state, job),
+        await submit(state, job, observation),
         body.stream,
         lambda: serving.ChatEncoder(job, body.model),
         lambda text, done: serving.chat_done(job, body.model, text, done),

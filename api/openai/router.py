@@ -3,8 +3,8 @@
 from fastapi import APIRouter, Response
 
 from api.deps import RequestIdDep, StateDep
-from api.errors import ModelNotFoundError, flavour_route_class
-from api.jobs import live_models, submit
+from api.errors import ModelNotFoundError
+from api.models import live_models
 from api.openai import serving
 from api.openai.protocol import (
     ChatCompletion,
@@ -14,7 +14,9 @@ from api.openai.protocol import (
     ModelCard,
     ModelList,
 )
+from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import answer
+from api.submit import submit
 from shared.job import Flavour
 
 router = APIRouter(
@@ -24,11 +26,14 @@ router = APIRouter(
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, state: StateDep, request_id: RequestIdDep = None
+    body: ChatCompletionRequest,
+    state: StateDep,
+    observation: ObservationDep,
+    request_id: RequestIdDep = None,
 ) -> ChatCompletion | Response:
     job = body.to_job(state.job_deadline(), request_id)
     return await answer(
-        await submit(state, job),
+        await submit(state, job, observation),
         body.stream,
         lambda: serving.ChatStreamEncoder(job, body.include_usage),
         lambda text, done: serving.chat_completion(job, text, done),
@@ -37,11 +42,14 @@ async def chat_completions(
 
 @router.post("/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, state: StateDep, request_id: RequestIdDep = None
+    body: CompletionRequest,
+    state: StateDep,
+    observation: ObservationDep,
+    request_id: RequestIdDep = None,
 ) -> Completion | Response:
     job = body.to_job(state.job_deadline(), request_id)
     return await answer(
-        await submit(state, job),
+        await submit(state, job, observation),
         body.stream,
         lambda: serving.CompletionStreamEncoder(job, body.include_usage),
         lambda text, done: serving.completion(job, text, done),
