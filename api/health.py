@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from api.deps import StateDep
-from api.jobs import live_models
+from api.models import live_models
 
 router = APIRouter()
 

@@ -10,8 +10,8 @@ from typing import TypeVar
 from fastapi.responses import StreamingResponse
 
 from api.errors import ApiError, from_event
-from api.jobs import JobStream, Queued
-from api.sse import format_comment
+from api.sse import PING, format_comment
+from api.stream import JobStream, KeepAlive, Notice, Queued
 from shared.events import DoneEvent, ErrorEvent, Event, TokenEvent
 
 T = TypeVar("T")
@@ -22,7 +22,7 @@ async def collect(stream: JobStream) -> tuple[str, DoneEvent]:
     async with stream:
         parts: list[str] = []
         async for event in stream.events():
-            if isinstance(event, Queued):
+            if isinstance(event, Queued | KeepAlive):
                 continue
             if isinstance(event, TokenEvent):
                 parts.append(event.text)
@@ -56,6 +56,10 @@ class StreamEncoder:
             return []
         return [format_comment(f"queued position={position if position else '?'}")]
 
+    def keepalive(self) -> list[bytes]:
+        """Nothing to send for a while; SSE flavours send a comment (NDJSON has none)."""
+        return [PING] if self.media_type == "text/event-stream" else []
+
 
 async def answer(
     stream: JobStream,
@@ -80,8 +84,10 @@ async def stream_response(
     lost) be answered with a real HTTP status instead of an error inside a 200 stream; a job
     that has to queue starts its stream early instead, with its position in the
     `X-Queue-Position` header and then in SSE comments, so the client sees it is in line.
+    A job that sends nothing for `sse_keepalive_s` (a long prefill) starts it too, with a
+    `: ping` comment, repeated at that interval, so proxies do not time the stream out.
     """
-    events = stream.events(positions=True)
+    events = stream.events(streaming=True)
     try:
         first = await anext(events)
         if isinstance(first, ErrorEvent):
@@ -100,15 +106,15 @@ async def stream_response(
 
 async def _frames(
     stream: JobStream,
-    first: Event | Queued,
-    rest: AsyncIterator[Event | Queued],
+    first: Event | Notice,
+    rest: AsyncIterator[Event | Notice],
     encoder: StreamEncoder,
 ) -> AsyncIterator[bytes]:
     try:
         started = False
-        item: Event | Queued | None = first
+        item: Event | Notice | None = first
         while item is not None:
-            if not started and not isinstance(item, Queued):
+            if not started and not isinstance(item, Queued | KeepAlive):
                 started = True
                 for frame in encoder.start():
                     yield frame
@@ -119,9 +125,11 @@ async def _frames(
         await stream.aclose()
 
 
-def _encode(encoder: StreamEncoder, item: Event | Queued) -> list[bytes]:
+def _encode(encoder: StreamEncoder, item: Event | Notice) -> list[bytes]:
     if isinstance(item, Queued):
         return encoder.queued(item.position)
+    if isinstance(item, KeepAlive):
+        return encoder.keepalive()
     if isinstance(item, TokenEvent):
         return encoder.token(item)
     if isinstance(item, DoneEvent):

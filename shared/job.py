@@ -64,6 +64,11 @@ class GenerationJob(BaseModel):
     deadline: float = Field(description="Unix time after which the job must not start.")
     request_id: str | None = None
     attempt: int = Field(default=1, ge=1, description="Run number; >1 after its worker died.")
+    n_ctx: int | None = Field(
+        default=None,
+        ge=1,
+        description="A context smaller than the worker's for this job (Ollama's num_ctx).",
+    )
 
     def model_post_init(self, _context: object) -> None:
         if (self.messages is None) == (self.prompt is None):

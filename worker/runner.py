@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Protocol
 
 from shared import logs
+from shared.context import ContextOverflowError, effective_context, output_room
 from shared.events import (
     DoneEvent,
     ErrorCode,
@@ -213,16 +214,11 @@ class JobRunner:
         )
 
     def _max_tokens(self, job: GenerationJob, prompt_len: int) -> int:
-        n_ctx = self.engine.info.n_ctx
-        room = n_ctx - prompt_len
-        wanted = job.sampling.max_tokens
-        if room < 1 or (wanted is not None and wanted > room):
-            raise JobError(
-                ErrorCode.CONTEXT_LENGTH_EXCEEDED,
-                f"this model's context is {n_ctx} tokens; the prompt has {prompt_len} and "
-                f"{wanted or 1} more were asked for",
-            )
-        return wanted if wanted is not None else room
+        n_ctx = effective_context(self.engine.info.n_ctx, job.n_ctx)
+        try:
+            return output_room(n_ctx, prompt_len, job.sampling.max_tokens)
+        except ContextOverflowError as exc:
+            raise JobError(ErrorCode.CONTEXT_LENGTH_EXCEEDED, str(exc)) from exc
 
 
 def _stopped() -> JobError:

@@ -13,8 +13,8 @@ import time
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from api.errors import ApiError, ContextLengthExceededError, InvalidRequestError
-from api.jobs import require_live_worker
+from api.errors import ApiError, InvalidRequestError
+from api.models import require_live_worker
 from api.ollama.catalog import timestamp
 from api.ollama.protocol import (
     AssistantMessage,
@@ -96,8 +96,8 @@ def loaded_chat(name: str) -> ChatDone:
 async def fit_context(state: AppState, job: GenerationJob, num_ctx: int | None) -> GenerationJob:
     """The job limited to a context of `num_ctx` tokens, as Ollama's option asks.
 
-    Above the workers' own context it cannot be honoured (400). Below it, the prompt and the
-    tokens to generate must fit in `num_ctx`, as they must in a worker's context.
+    Above the workers' own context it cannot be honoured (400). Below it, the job carries it
+    (`n_ctx`): `submit` and the worker then fit the prompt and its output in it.
     """
     if num_ctx is None:
         return job
@@ -107,17 +107,7 @@ async def fit_context(state: AppState, job: GenerationJob, num_ctx: int | None) 
             f"options.num_ctx is {num_ctx}, above this model's context of {n_ctx} tokens",
             param="options.num_ctx",
         )
-    if num_ctx == n_ctx:
-        return job
-    prompt = await state.tokenizers.count(job)
-    room, wanted = num_ctx - prompt, job.sampling.max_tokens
-    if room < 1 or (wanted is not None and wanted > room):
-        raise ContextLengthExceededError(
-            f"the context (options.num_ctx) is {num_ctx} tokens; the prompt has {prompt} and "
-            f"{wanted or 1} more were asked for"
-        )
-    sampling = job.sampling.model_copy(update={"max_tokens": wanted or room})
-    return job.model_copy(update={"sampling": sampling})
+    return job.model_copy(update={"n_ctx": num_ctx})
 
 
 class _OllamaEncoder(StreamEncoder):

@@ -1,10 +1,8 @@
-"""Submitting a neutral job and reading its events back.
+"""A submitted job's events as the API reads them back, with a watchdog on every wait.
 
-The API subscribes to the job's channel, waits for the subscription to be confirmed, and only
-then admits and enqueues, so not even the first token can be published before anyone listens.
-While it waits, it watches the job's record: a job still queued at its deadline is expired,
-a job whose worker died is requeued or failed (api/admission.py), and a stream that ends
-before its job did cancels the job (client gone, server shutting down, error).
+While it waits, the stream watches the job's record: a job still queued at its deadline is
+expired, a job whose worker died is requeued or failed (shared/lifecycle), and a stream that
+ends before its job did cancels the job (client gone, server shutting down, error).
 """
 
 import contextlib
@@ -18,44 +16,19 @@ import anyio
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from api import admission, observe
+from api import admission
 from api.admission import Reclaimed
-from api.errors import (
-    BackendUnavailableError,
-    ContextLengthExceededError,
-    ModelNotFoundError,
-    NoWorkerError,
-)
 from api.observe import RequestObservation
 from api.state import AppState
-from shared import keys, registry
+from shared import registry
 from shared.events import DoneEvent, ErrorCode, ErrorEvent, Event, parse_event
 from shared.job import GenerationJob
-from shared.lifecycle import JobRecord, JobStatus, queue_state
-from shared.registry import WorkerInfo
+from shared.lifecycle import JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
 
-# A stream still queued sends a position notice at least this often (a keep-alive).
+# A stream still queued sends a position notice at least this often.
 _NOTICE_EVERY_S = 10.0
-
-
-async def require_live_worker(state: AppState, model: str) -> list[WorkerInfo]:
-    """The model's live workers; 404 for a model nobody knows, 503 for one with none up."""
-    workers = await registry.live_workers(state.redis, model)
-    if workers:
-        return workers
-    known = set(state.settings.models) | await registry.registered_models(state.redis)
-    if model not in known:
-        raise ModelNotFoundError(f"the model '{model}' does not exist", param="model")
-    raise NoWorkerError(f"no worker is serving the model '{model}' right now")
-
-
-async def live_models(state: AppState) -> dict[str, list[WorkerInfo]]:
-    """Every known model that has at least one live worker, with those workers."""
-    known = set(state.settings.models) | await registry.registered_models(state.redis)
-    found = {m: await registry.live_workers(state.redis, m) for m in sorted(known)}
-    return {model: workers for model, workers in found.items() if workers}
 
 
 @dataclass(frozen=True)
@@ -66,6 +39,15 @@ class Queued:
     """
 
     position: int | None
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """Not an event of the job: nothing happened for `keepalive_s` (a long prefill, a long
+    queue); a stream sends a comment so proxies and clients see the connection is alive."""
+
+
+Notice = Queued | KeepAlive
 
 
 class JobStream:
@@ -98,6 +80,7 @@ class JobStream:
         self._closed = False
         self._notice: tuple[int | None, float] | None = None  # last position sent, when
         self._terminal_noticed_at: float | None = None
+        self._quiet_since = time.time()  # when the stream last had something to send
 
     async def __aenter__(self) -> "JobStream":
         return self
@@ -125,11 +108,12 @@ class JobStream:
             with contextlib.suppress(RedisError):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def events(self, positions: bool = False) -> AsyncIterator[Event | Queued]:
-        """The job's events; with `positions`, also `Queued` notices while it waits."""
+    async def events(self, streaming: bool = False) -> AsyncIterator[Event | Notice]:
+        """The job's events; `streaming` adds `Queued` notices while it waits and a
+        `KeepAlive` after every `sse_keepalive_s` without anything to send."""
         while not self._ended:
             try:
-                item = await self._next(positions)
+                item = await self._next(streaming)
             except RedisError as exc:
                 log.warning("job %s: redis unavailable: %s", self.job.id, exc)
                 item = ErrorEvent(
@@ -137,22 +121,29 @@ class JobStream:
                 )
             if isinstance(item, DoneEvent | ErrorEvent):
                 self._ended = True
-            if self._observation is not None and not isinstance(item, Queued):
+            if self._observation is not None and not isinstance(item, Queued | KeepAlive):
                 self._observation.event(item)
+            self._quiet_since = time.time()
             yield item
 
-    async def _next(self, positions: bool) -> Event | Queued:
+    async def _next(self, streaming: bool) -> Event | Notice:
+        keepalive_s = self._state.settings.sse_keepalive_s
         while True:
             now = time.time()
             if now >= self._silent_until:
                 return self._silence_error()
-            message = await self._read(min(self._next_watch, self._silent_until) - now)
+            if streaming and now - self._quiet_since >= keepalive_s:
+                return KeepAlive()
+            wake = min(self._next_watch, self._silent_until)
+            if streaming:
+                wake = min(wake, self._quiet_since + keepalive_s)
+            message = await self._read(wake - now)
             if message is not None:
                 self._seen_any = True
                 self._silent_until = time.time() + self._state.settings.event_timeout_s
                 return parse_event(message)
             if time.time() >= self._next_watch:
-                item = await self._watch(positions)
+                item = await self._watch(streaming)
                 self._next_watch = time.time() + self._state.settings.watch_interval_s
                 if item is not None:
                     return item
@@ -232,74 +223,3 @@ def _from_record(record: JobRecord) -> ErrorEvent:
     if record.status is JobStatus.FAILED and record.error == ErrorCode.WORKER_LOST:
         return ErrorEvent(code=ErrorCode.WORKER_LOST, message="the worker running the job died")
     return ErrorEvent(code=ErrorCode.INTERNAL, message="the job's output was lost")
-
-
-async def submit(state: AppState, job: GenerationJob) -> JobStream:
-    """Check the model has room and is served, the prompt fits; subscribe; admit the job.
-
-    The cheap queue check comes first: under overload most requests end there.
-    """
-    observation = observe.current()
-    if observation is not None:
-        observation.submitted(job)
-    await _refuse_if_full(state, job.model)
-    workers = await require_live_worker(state, job.model)
-    prompt_tokens = await _check_context(state, job, workers)
-    pubsub = state.redis.pubsub()
-    try:
-        await pubsub.subscribe(keys.events_channel(job.id))
-        await _confirm_subscription(pubsub, state.settings.redis_timeout_s)
-        refused = await anyio.to_thread.run_sync(
-            admission.admit, state.sync_redis, job, state.settings
-        )
-        if refused is not None:  # another replica filled the queue since the early check
-            depth = await queue_state(state.redis, job.model, state.settings.drain_window_s)
-            raise admission.queue_full(job.model, depth, state.settings.retry_after_max_s)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-        raise
-    return JobStream(state, pubsub, job, prompt_tokens, observation)
-
-
-async def _refuse_if_full(state: AppState, model: str) -> None:
-    """429 when the model's queue is at its limit: a cheap early check before the atomic one."""
-    settings = state.settings
-    depth = await queue_state(state.redis, model, settings.drain_window_s)
-    if depth.waiting >= settings.limits(model).max_queued:
-        raise admission.queue_full(model, depth, settings.retry_after_max_s)
-
-
-async def _check_context(state: AppState, job: GenerationJob, workers: list[WorkerInfo]) -> int:
-    """400 before enqueueing when the prompt plus max_tokens cannot fit the model's context.
-
-    Counted with the model's own vocabulary (api/tokenizers.py), as the worker counts it;
-    returns the count.
-    """
-    n_ctx = min(w.n_ctx for w in workers)
-    prompt = await state.tokenizers.count(job)
-    wanted = job.sampling.max_tokens
-    if prompt + (wanted or 1) > n_ctx:
-        raise ContextLengthExceededError(
-            f"this model's context is {n_ctx} tokens; the prompt has {prompt} and "
-            f"{wanted or 1} more were asked for",
-            param="max_tokens"
-            if wanted and prompt < n_ctx
-            else ("prompt" if job.prompt is not None else "messages"),
-        )
-    return prompt
-
-
-async def _confirm_subscription(pubsub: PubSub, timeout_s: float) -> None:
-    with anyio.move_on_after(timeout_s):
-        while True:
-            message = await pubsub.get_message(timeout=timeout_s)
-            if message is not None and message["type"] == "subscribe":
-                return
-    raise BackendUnavailableError("the queue backend did not confirm the subscription")
-
-
-async def count_prompt(state: AppState, job: GenerationJob) -> int:
-    """The job's prompt in tokens, as its worker will count them (404/503 as `submit`)."""
-    await require_live_worker(state, job.model)
-    return await state.tokenizers.count(job)

@@ -1,0 +1,92 @@
+"""Submitting a neutral job: room in the queue, a live worker, a prompt that fits; then
+subscribe and admit.
+
+The API subscribes to the job's channel, waits for the subscription to be confirmed, and only
+then admits and enqueues, so not even the first token can be published before anyone listens.
+"""
+
+import anyio
+from redis.asyncio.client import PubSub
+
+from api import admission
+from api.errors import BackendUnavailableError, ContextLengthExceededError
+from api.models import require_live_worker
+from api.observe import RequestObservation
+from api.state import AppState
+from api.stream import JobStream
+from shared import keys
+from shared.context import ContextOverflowError, effective_context, output_room
+from shared.job import GenerationJob
+from shared.lifecycle import queue_state
+from shared.registry import WorkerInfo
+
+
+async def submit(
+    state: AppState, job: GenerationJob, observation: RequestObservation | None = None
+) -> JobStream:
+    """Check the model has room and is served, the prompt fits; subscribe; admit the job.
+
+    The cheap queue check comes first: under overload most requests end there. The request's
+    `observation` (metrics, log line) learns the job and then its events.
+    """
+    if observation is not None:
+        observation.submitted(job)
+    await _refuse_if_full(state, job.model)
+    workers = await require_live_worker(state, job.model)
+    prompt_tokens = await _check_context(state, job, workers)
+    pubsub = state.redis.pubsub()
+    try:
+        await pubsub.subscribe(keys.events_channel(job.id))
+        await _confirm_subscription(pubsub, state.settings.redis_timeout_s)
+        refused = await anyio.to_thread.run_sync(
+            admission.admit, state.sync_redis, job, state.settings
+        )
+        if refused is not None:  # another replica filled the queue since the early check
+            depth = await queue_state(state.redis, job.model, state.settings.drain_window_s)
+            raise admission.queue_full(job.model, depth, state.settings.retry_after_max_s)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        raise
+    return JobStream(state, pubsub, job, prompt_tokens, observation)
+
+
+async def _refuse_if_full(state: AppState, model: str) -> None:
+    """429 when the model's queue is at its limit: a cheap early check before the atomic one."""
+    settings = state.settings
+    depth = await queue_state(state.redis, model, settings.drain_window_s)
+    if depth.waiting >= settings.limits(model).max_queued:
+        raise admission.queue_full(model, depth, settings.retry_after_max_s)
+
+
+async def _check_context(state: AppState, job: GenerationJob, workers: list[WorkerInfo]) -> int:
+    """400 before enqueueing when the prompt plus max_tokens cannot fit the job's context
+    (shared/context.py, the rule the worker applies too); returns the prompt's token count.
+
+    Counted with the model's own vocabulary (api/tokenizers.py), as the worker counts it.
+    """
+    n_ctx = effective_context(min(w.n_ctx for w in workers), job.n_ctx)
+    prompt = await state.tokenizers.count(job)
+    try:
+        output_room(n_ctx, prompt, job.sampling.max_tokens)
+    except ContextOverflowError as exc:
+        blamed = "prompt" if job.prompt is not None else "messages"
+        raise ContextLengthExceededError(
+            str(exc), param=blamed if exc.prompt_too_long else "max_tokens"
+        ) from exc
+    return prompt
+
+
+async def _confirm_subscription(pubsub: PubSub, timeout_s: float) -> None:
+    with anyio.move_on_after(timeout_s):
+        while True:
+            message = await pubsub.get_message(timeout=timeout_s)
+            if message is not None and message["type"] == "subscribe":
+                return
+    raise BackendUnavailableError("the queue backend did not confirm the subscription")
+
+
+async def count_prompt(state: AppState, job: GenerationJob) -> int:
+    """The job's prompt in tokens, as its worker will count them (404/503 as `submit`)."""
+    await require_live_worker(state, job.model)
+    return await state.tokenizers.count(job)

@@ -1,0 +1,36 @@
+"""The context-length rule, in one place for the API's early check and the worker's own.
+
+A job fits when its prompt leaves room for at least one token and for all of `max_tokens`
+when it asks for a number; without one it may generate until the context is full.
+"""
+
+
+class ContextOverflowError(ValueError):
+    """The prompt plus the tokens asked for do not fit the context."""
+
+    def __init__(self, n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> None:
+        self.n_ctx = n_ctx
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        super().__init__(
+            f"the context is {n_ctx} tokens; the prompt has {prompt_tokens} and "
+            f"{max_tokens or 1} more were asked for"
+        )
+
+    @property
+    def prompt_too_long(self) -> bool:
+        """The prompt alone leaves no room (rather than max_tokens asking too much)."""
+        return self.prompt_tokens >= self.n_ctx
+
+
+def effective_context(worker_n_ctx: int, job_n_ctx: int | None) -> int:
+    """The context a job runs in: its worker's, or the smaller one the job asked for."""
+    return min(worker_n_ctx, job_n_ctx) if job_n_ctx is not None else worker_n_ctx
+
+
+def output_room(n_ctx: int, prompt_tokens: int, max_tokens: int | None) -> int:
+    """How many tokens the job may generate; ContextOverflowError when it cannot fit."""
+    room = n_ctx - prompt_tokens
+    if room < 1 or (max_tokens is not None and max_tokens > room):
+        raise ContextOverflowError(n_ctx, prompt_tokens, max_tokens)
+    return max_tokens if max_tokens is not None else room
