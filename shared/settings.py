@@ -111,6 +111,11 @@ class ApiSettings(Settings):
     watch_interval_s: float = Field(
         default=0.5, gt=0, description="How often a waiting request checks its job's state."
     )
+    sse_keepalive_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A stream with nothing to send for this long sends a `: ping` comment.",
+    )
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long open streams may take to finish."
     )
