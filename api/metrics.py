@@ -9,21 +9,22 @@ from redis.exceptions import RedisError
 
 from api.deps import StateDep
 from api.state import AppState
-from shared import lifecycle, registry
-from shared.metrics import Exposition, ModelQueue, QueueState
+from shared import registry
+from shared.lifecycle.queue import queue_depth
+from shared.metrics import Exposition, ModelQueueSample, QueueCollector
 
 router = APIRouter()
 
 
-async def queue_state(state: AppState) -> list[ModelQueue]:
-    """Waiting and running jobs (the admission records of shared/lifecycle.py: expired and
+async def queue_samples(state: AppState) -> list[ModelQueueSample]:
+    """Waiting and running jobs (the admission records of shared/lifecycle: expired and
     cancelled jobs and dead workers' jobs do not count) and live workers of every known model."""
     models = sorted(set(state.settings.models) | await registry.registered_models(state.redis))
     window = state.settings.drain_window_s
-    queues = await asyncio.gather(*(lifecycle.queue_state(state.redis, m, window) for m in models))
+    queues = await asyncio.gather(*(queue_depth(state.redis, m, window) for m in models))
     workers = await asyncio.gather(*(registry.live_workers(state.redis, m) for m in models))
     return [
-        ModelQueue(model=model, waiting=q.waiting, running=q.running, live_workers=len(w))
+        ModelQueueSample(model=model, waiting=q.waiting, running=q.running, live_workers=len(w))
         for model, q, w in zip(models, queues, workers, strict=True)
     ]
 
@@ -31,8 +32,8 @@ async def queue_state(state: AppState) -> list[ModelQueue]:
 @router.get("/metrics", include_in_schema=False)
 async def metrics(state: StateDep) -> Response:
     try:
-        queues: list[ModelQueue] | None = await queue_state(state)
+        queues: list[ModelQueueSample] | None = await queue_samples(state)
     except RedisError:
         queues = None
-    page = Exposition([state.metrics.exposition(), QueueState(queues)])
+    page = Exposition([state.metrics.exposition(), QueueCollector(queues)])
     return Response(generate_latest(page), media_type=CONTENT_TYPE_LATEST)

@@ -10,7 +10,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from api.tokenizers import Tokenizers
-from api.tracker import JobTracker
+from shared.lifecycle.api_side import ApiJobs
 from shared.metrics import ApiMetrics
 from shared.settings import ApiSettings
 
@@ -22,7 +22,7 @@ class AppState:
     sync_redis: Redis  # RQ enqueue, which is synchronous; used from a thread
     tokenizers: Tokenizers
     metrics: ApiMetrics
-    tracker: JobTracker
+    jobs: ApiJobs  # job records: read, expire, cancel, position
 
     @classmethod
     def connect(cls, settings: ApiSettings) -> "AppState":
@@ -60,7 +60,7 @@ class AppState:
             sync_redis,
             tokenizers or Tokenizers(redis),
             ApiMetrics(),
-            JobTracker(redis, settings.record_ttl_s),
+            ApiJobs(redis, settings.record_ttl_s),
         )
 
     def job_deadline(self) -> float:

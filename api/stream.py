@@ -11,19 +11,19 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import assert_never
 
 import anyio
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from api import admission
-from api.admission import Reclaimed
 from api.observe import RequestObservation
 from api.state import AppState
 from shared import registry
 from shared.events import DoneEvent, ErrorCode, ErrorEvent, Event, parse_event
 from shared.job import GenerationJob
 from shared.lifecycle import JobRecord, JobStatus
+from shared.lifecycle.admission import Reclaimed, reclaim
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class JobStream:
         with anyio.CancelScope(shield=True):
             if not self._ended:
                 try:
-                    before = await self._state.tracker.cancel(self.job.id)
+                    before = await self._state.jobs.cancel(self.job.id)
                     log.info("job %s cancelled by its request (was %s)", self.job.id, before)
                 except RedisError as exc:
                     log.warning("could not cancel job %s: %s", self.job.id, exc)
@@ -159,8 +159,8 @@ class JobStream:
 
     async def _watch(self, positions: bool) -> ErrorEvent | Queued | None:
         """Look at the job's record: act on expiry and dead workers, report the position."""
-        tracker, now = self._state.tracker, time.time()
-        record = await tracker.record(self.job.id)
+        jobs, now = self._state.jobs, time.time()
+        record = await jobs.record(self.job.id)
         if record is None:
             return ErrorEvent(
                 code=ErrorCode.BACKEND_UNAVAILABLE, message="the queue backend lost the job"
@@ -168,7 +168,7 @@ class JobStream:
         notice_due = now - self._submitted_at >= self._state.settings.queue_notice_after_s
         if record.status is JobStatus.QUEUED:
             if now > record.deadline:
-                if await tracker.expire(record) is JobStatus.EXPIRED:
+                if await jobs.expire(record) is JobStatus.EXPIRED:
                     return _deadline_error()
             elif positions and notice_due:
                 return await self._position_notice(record, now)
@@ -182,7 +182,7 @@ class JobStream:
         return None
 
     async def _position_notice(self, record: JobRecord, now: float) -> Queued | None:
-        ahead = await self._state.tracker.position(record)
+        ahead = await self._state.jobs.position(record)
         position = None if ahead is None else ahead + 1
         if self._notice is not None:
             last, at = self._notice
@@ -193,7 +193,7 @@ class JobStream:
 
     async def _reclaim(self, worker: str) -> ErrorEvent | None:
         outcome, self.job = await anyio.to_thread.run_sync(
-            admission.reclaim, self._state.sync_redis, self.job, worker, self._state.settings
+            reclaim, self._state.sync_redis, self.job, worker, self._state.settings
         )
         log.warning("job %s: worker %s died; %s", self.job.id, worker, outcome)
         if outcome is Reclaimed.FAILED:  # it had streamed, or had no attempt left
@@ -216,10 +216,17 @@ def _deadline_error() -> ErrorEvent:
 
 def _from_record(record: JobRecord) -> ErrorEvent:
     """The terminal event of a job that ended without its event reaching this stream."""
-    if record.status is JobStatus.CANCELLED:
-        return ErrorEvent(code=ErrorCode.CANCELLED, message="the job was cancelled")
-    if record.status is JobStatus.EXPIRED:
-        return _deadline_error()
-    if record.status is JobStatus.FAILED and record.error == ErrorCode.WORKER_LOST:
-        return ErrorEvent(code=ErrorCode.WORKER_LOST, message="the worker running the job died")
-    return ErrorEvent(code=ErrorCode.INTERNAL, message="the job's output was lost")
+    lost = ErrorEvent(code=ErrorCode.INTERNAL, message="the job's output was lost")
+    match record.status:
+        case JobStatus.CANCELLED:
+            return ErrorEvent(code=ErrorCode.CANCELLED, message="the job was cancelled")
+        case JobStatus.EXPIRED:
+            return _deadline_error()
+        case JobStatus.FAILED if record.error == ErrorCode.WORKER_LOST:
+            return ErrorEvent(code=ErrorCode.WORKER_LOST, message="the worker running the job died")
+        case JobStatus.FAILED | JobStatus.DONE:
+            return lost
+        case JobStatus.QUEUED | JobStatus.RUNNING:  # not ended: never asked
+            return lost
+        case _:
+            assert_never(record.status)

@@ -8,8 +8,7 @@ then admits and enqueues, so not even the first token can be published before an
 import anyio
 from redis.asyncio.client import PubSub
 
-from api import admission
-from api.errors import BackendUnavailableError, ContextLengthExceededError
+from api.errors import BackendUnavailableError, ContextLengthExceededError, QueueFullError
 from api.models import require_live_worker
 from api.observe import RequestObservation
 from api.state import AppState
@@ -17,7 +16,8 @@ from api.stream import JobStream
 from shared import keys
 from shared.context import ContextOverflowError, effective_context, output_room
 from shared.job import GenerationJob
-from shared.lifecycle import queue_state
+from shared.lifecycle.admission import admit
+from shared.lifecycle.queue import QueueDepth, queue_depth
 from shared.registry import WorkerInfo
 
 
@@ -38,12 +38,10 @@ async def submit(
     try:
         await pubsub.subscribe(keys.events_channel(job.id))
         await _confirm_subscription(pubsub, state.settings.redis_timeout_s)
-        refused = await anyio.to_thread.run_sync(
-            admission.admit, state.sync_redis, job, state.settings
-        )
+        refused = await anyio.to_thread.run_sync(admit, state.sync_redis, job, state.settings)
         if refused is not None:  # another replica filled the queue since the early check
-            depth = await queue_state(state.redis, job.model, state.settings.drain_window_s)
-            raise admission.queue_full(job.model, depth, state.settings.retry_after_max_s)
+            depth = await queue_depth(state.redis, job.model, state.settings.drain_window_s)
+            raise queue_full(job.model, depth, state.settings.retry_after_max_s)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -54,9 +52,16 @@ async def submit(
 async def _refuse_if_full(state: AppState, model: str) -> None:
     """429 when the model's queue is at its limit: a cheap early check before the atomic one."""
     settings = state.settings
-    depth = await queue_state(state.redis, model, settings.drain_window_s)
+    depth = await queue_depth(state.redis, model, settings.drain_window_s)
     if depth.waiting >= settings.limits(model).max_queued:
-        raise admission.queue_full(model, depth, settings.retry_after_max_s)
+        raise queue_full(model, depth, settings.retry_after_max_s)
+
+
+def queue_full(model: str, depth: QueueDepth, max_s: int) -> QueueFullError:
+    return QueueFullError(
+        f"the queue for model '{model}' is full ({depth.waiting} waiting); retry later",
+        retry_after_s=depth.retry_after_s(max_s),
+    )
 
 
 async def _check_context(state: AppState, job: GenerationJob, workers: list[WorkerInfo]) -> int:

@@ -6,7 +6,7 @@ Names carry the `tokenq_` prefix and their unit, and mirror vLLM's semantics
 
 - `ApiMetrics`: what one API process observed. Under `uvicorn --workers N` prometheus-client's
   multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`) sums every process's values at scrape time.
-- `QueueState`: read from Redis at scrape time, so every API replica reports the same value;
+- `QueueCollector`: read from Redis at scrape time, so every API replica reports the same value;
   dashboards aggregate it with `max by (model)`.
 - `WorkerMetrics`: one worker process, on its own metrics port.
 """
@@ -146,7 +146,7 @@ class ApiMetrics:
         return merged
 
 
-class ModelQueue(BaseModel):
+class ModelQueueSample(BaseModel):
     """One model's queue as Redis has it now."""
 
     model: str
@@ -155,10 +155,10 @@ class ModelQueue(BaseModel):
     live_workers: int
 
 
-class QueueState:
+class QueueCollector:
     """The queue-state gauges for one scrape, built from what Redis said."""
 
-    def __init__(self, models: list[ModelQueue] | None) -> None:
+    def __init__(self, models: list[ModelQueueSample] | None) -> None:
         self._models = models  # None: Redis did not answer
 
     def collect(self) -> Iterator[Metric]:

@@ -18,12 +18,12 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 
 from shared.exits import ExitStatus
+from shared.lifecycle.worker_side import RedisJobControl, RunGate
 from shared.metrics import WorkerMetrics
 from shared.model_facts import describe
 from shared.queues import model_queue
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
-from worker.control import RedisJobControl, RunGate
 from worker.engine import Engine, EngineCheckError
 from worker.heartbeat import Heartbeat
 from worker.llama_engine import LlamaEngine
@@ -104,9 +104,11 @@ def run_worker(settings: WorkerSettings) -> None:
     gguf = settings.gguf_path()
     log.info("loading %s for model %s", gguf, settings.model)
     timeout = settings.redis_timeout_s
-    ops = Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    control_redis = Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
     # Describing the file (hash, metadata) overlaps with loading the weights.
-    facts = ThreadPoolExecutor(max_workers=1).submit(describe, ops, gguf)
+    facts = ThreadPoolExecutor(max_workers=1).submit(describe, control_redis, gguf)
     engine = LlamaEngine(
         gguf,
         n_ctx=settings.n_ctx,
@@ -127,10 +129,12 @@ def run_worker(settings: WorkerSettings) -> None:
         facts=facts.result(),
     )
     observer.loaded(info, engine.info)
-    control = RedisJobControl(ops, info.worker_id, settings)
+    control = RedisJobControl(control_redis, info.worker_id, settings)
     max_running = settings.limits(settings.model).max_running
-    gate = RunGate(ops, settings.model, info.worker_id, max_running) if max_running else None
-    runner = JobRunner(engine, RedisPublisher(ops), control, observer)
+    gate = (
+        RunGate(control_redis, settings.model, info.worker_id, max_running) if max_running else None
+    )
+    runner = JobRunner(engine, RedisPublisher(control_redis), control, observer)
     rq_redis = Redis.from_url(settings.redis_url, health_check_interval=10)
     queue = model_queue(rq_redis, settings.model)
     with Heartbeat(

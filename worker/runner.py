@@ -9,7 +9,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from enum import Enum
 from typing import Protocol
 
 from shared import logs
@@ -25,6 +24,7 @@ from shared.events import (
     Usage,
 )
 from shared.job import GenerationJob
+from shared.lifecycle.worker_side import StartDecision
 from worker.engine import Engine
 from worker.stops import StopMatcher, Utf8Decoder
 
@@ -35,14 +35,8 @@ class Publisher(Protocol):
     def publish(self, job_id: str, event: TokenEvent | DoneEvent | ErrorEvent) -> None: ...
 
 
-class Begin(Enum):
-    RUN = "run"
-    EXPIRED = "expired"  # waited past its deadline: answer with an error, never start
-    SKIP = "skip"  # cancelled, or a stale attempt: not this worker's to answer
-
-
 class JobControl(Protocol):
-    def begin(self, job: GenerationJob) -> Begin: ...
+    def begin(self, job: GenerationJob) -> StartDecision: ...
 
     def claim_output(self, job: GenerationJob) -> bool:
         """Before the first token is published: False if the job is no longer this run's."""
@@ -57,11 +51,11 @@ class JobControl(Protocol):
         ...
 
 
-class Unsupervised:
-    """A control that lets every job run to its end (no Redis record)."""
+class AlwaysRun:
+    """A control that lets every job run to its end (no Redis record): tests, benchmarks."""
 
-    def begin(self, job: GenerationJob) -> Begin:
-        return Begin.RUN
+    def begin(self, job: GenerationJob) -> StartDecision:
+        return StartDecision.RUN
 
     def claim_output(self, job: GenerationJob) -> bool:
         return True
@@ -82,7 +76,7 @@ class JobError(Exception):
         self.message = message
 
 
-class _Output:
+class _TextOutput:
     """Turns sampled token bytes into text deltas, honouring the job's stop strings."""
 
     def __init__(
@@ -134,7 +128,7 @@ class JobRunner:
     ) -> None:
         self.engine = engine
         self.publisher = publisher
-        self.control = control or Unsupervised()
+        self.control = control or AlwaysRun()
         self.observer = observer
 
     def run(self, job: GenerationJob) -> TerminalEvent | None:
@@ -142,23 +136,23 @@ class JobRunner:
         when the job was not this worker's to answer."""
         with logs.log_context(job_id=job.id, request_id=job.request_id, model=job.model):
             begun = self.control.begin(job)
-            if begun is Begin.SKIP:
+            if begun is StartDecision.SKIP:
                 return None
             if self.observer is not None:
                 self.observer.started(job)
             terminal: TerminalEvent | None = None
             try:
                 terminal = self._outcome(job, begun)
-                if begun is Begin.EXPIRED or self.control.end(job, terminal):
+                if begun is StartDecision.EXPIRED or self.control.end(job, terminal):
                     self.publisher.publish(job.id, terminal)
             finally:
                 if self.observer is not None:
                     self.observer.finished(job, terminal)
         return terminal
 
-    def _outcome(self, job: GenerationJob, begun: Begin) -> TerminalEvent:
+    def _outcome(self, job: GenerationJob, begun: StartDecision) -> TerminalEvent:
         try:
-            if begun is Begin.EXPIRED:
+            if begun is StartDecision.EXPIRED:
                 raise JobError(ErrorCode.DEADLINE_EXCEEDED, "the job waited past its deadline")
             return self._generate(job)
         except JobError as exc:
@@ -174,7 +168,7 @@ class JobRunner:
         prompt = self.engine.prompt_tokens(job)
         max_tokens = self._max_tokens(job, len(prompt))
         seed = job.sampling.seed if job.sampling.seed is not None else random.getrandbits(32)
-        output = _Output(
+        output = _TextOutput(
             job.id, job.sampling.stop, self.publisher, lambda: self.control.claim_output(job)
         )
         slot = self.engine.start(prompt, job.sampling, seed)

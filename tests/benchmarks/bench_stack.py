@@ -20,10 +20,10 @@ from pathlib import Path
 import llama_cpp
 from openai import OpenAI
 
-from api import admission
 from shared import keys
 from shared.events import DoneEvent, TokenEvent, parse_event
 from shared.job import ChatMessage, Flavour, GenerationJob, SamplingParams
+from shared.lifecycle import admission
 from shared.settings import DEFAULT_MODEL, Settings, default_gguf_path
 from shared.tokenizer import PromptTokenizer
 from tests.integration.procs import ApiProcess, RedisServer, WorkerProcess

@@ -13,12 +13,12 @@ from redis import Redis
 from api.app import create_app
 from api.state import AppState
 from shared import registry
+from shared.lifecycle.worker_side import RedisJobControl
 from shared.model_facts import ModelFacts
 from shared.queues import model_queue
 from shared.registry import WorkerInfo
 from shared.settings import ApiSettings, WorkerSettings
 from tests.fakes import EOS, FakeEngine, FakeTokenizers
-from worker.control import RedisJobControl
 from worker.main import ModelWorker
 from worker.publisher import RedisPublisher
 from worker.runner import JobRunner

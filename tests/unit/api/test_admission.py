@@ -6,10 +6,11 @@ import time
 import fakeredis
 import pytest
 
-from api.admission import Reclaimed, admit, reclaim, retry_after
 from shared import keys
 from shared.job import ChatMessage, Flavour, GenerationJob
-from shared.lifecycle import JobRecord, JobStatus, QueueState, queue_state, rq_job_id
+from shared.lifecycle import JobRecord, JobStatus, rq_job_id
+from shared.lifecycle.admission import Reclaimed, admit, reclaim
+from shared.lifecycle.queue import QueueDepth, queue_depth
 from shared.queues import model_queue
 from shared.settings import ModelLimits, Settings
 
@@ -89,12 +90,12 @@ async def test_expired_and_cancelled_jobs_stop_counting() -> None:
     time.sleep(0.1)  # the first one's deadline passes
     assert admit(redis, job(), config) is None
     # Cancelling takes a job out of the waiting set at once.
-    from api.tracker import JobTracker
+    from shared.lifecycle.api_side import ApiJobs
 
-    tracker = JobTracker(fakeredis.FakeAsyncRedis(server=server), 60)
-    assert await tracker.cancel(doomed.id) is JobStatus.QUEUED
+    jobs = ApiJobs(fakeredis.FakeAsyncRedis(server=server), 60)
+    assert await jobs.cancel(doomed.id) is JobStatus.QUEUED
     assert admit(redis, job(), config) is None
-    state = await queue_state(fakeredis.FakeAsyncRedis(server=server), MODEL, 30)
+    state = await queue_depth(fakeredis.FakeAsyncRedis(server=server), MODEL, 30)
     assert state.waiting == 2
 
 
@@ -148,5 +149,5 @@ def test_reclaim_gives_up_after_the_last_attempt(redis: fakeredis.FakeRedis) -> 
     [(4, 0, 60), (4, 30, 4), (1, 300, 1), (100, 3, 60), (0, 30, 1)],
 )
 def test_retry_after_follows_the_drain_rate(waiting: int, finished: int, expected: int) -> None:
-    state = QueueState(waiting=waiting, running=1, finished=finished, window_s=30)
-    assert retry_after(state, max_s=60) == expected
+    state = QueueDepth(waiting=waiting, running=1, finished=finished, window_s=30)
+    assert state.retry_after_s(max_s=60) == expected

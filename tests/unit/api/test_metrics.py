@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.responses import StreamingResponse
 from starlette.types import Message
 
-from api import admission
+from api import submit
 from api.observe import RequestObservation, UntilSent
 from shared import keys, registry
 from shared.events import DoneEvent, FinishReason, Timings, TokenEvent, Usage
@@ -70,7 +70,7 @@ async def test_queue_full_is_a_429_counted_with_its_reason(
     def full(*_args: object) -> int:  # another replica filled the queue after the early check
         return 64
 
-    monkeypatch.setattr(admission, "admit", full)
+    monkeypatch.setattr(submit, "admit", full)
     response = await harness.client.post("/v1/chat/completions", json=CHAT)
     assert response.status_code == 429 and int(response.headers["retry-after"]) >= 1
     assert value(harness, "tokenq_request_rejections_total", model=MODEL, reason="queue_full") == 1
@@ -149,13 +149,13 @@ async def test_request_id_is_returned_and_reaches_the_job(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     enqueued: list[GenerationJob] = []
-    admit = admission.admit
+    admit = submit.admit
 
     def recording(redis: Redis, job: GenerationJob, settings: Settings) -> int | None:
         enqueued.append(job)
         return admit(redis, job, settings)
 
-    monkeypatch.setattr(admission, "admit", recording)
+    monkeypatch.setattr(submit, "admit", recording)
     harness.client.headers["X-Request-ID"] = "trace-42"
     response = await harness.call("/v1/chat/completions", CHAT)
     assert response.status_code == 200

@@ -20,7 +20,7 @@ async def test_a_quiet_stream_sends_keepalive_comments(harness: Harness) -> None
     frames = response.text.split("\n\n")
     assert frames[:3] == [": ping", ": ping", ": ping"]
     assert '"code": "deadline_exceeded"' in frames[-3].replace('":"', '": "')
-    record = await harness.state.tracker.record(response.headers["X-Job-Id"])
+    record = await harness.state.jobs.record(response.headers["X-Job-Id"])
     assert record is not None and record.status is JobStatus.EXPIRED
 
 

@@ -10,7 +10,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared import keys
-from shared.lifecycle import JobStatus, queue_state
+from shared.lifecycle import JobStatus
+from shared.lifecycle.queue import queue_depth
 from shared.queues import model_queue
 from tests.unit.api.harness import MODEL, Harness
 
@@ -120,7 +121,7 @@ async def test_a_queued_stream_past_its_deadline_ends_with_an_error(harness: Har
     assert response.status_code == 200  # it started while queued, so the error is inside
     assert '"code":"deadline_exceeded"' in response.text
     assert response.text.endswith("data: [DONE]\n\n")
-    state = await queue_state(harness.state.redis, MODEL, 30)
+    state = await queue_depth(harness.state.redis, MODEL, 30)
     assert state.waiting == 0
 
 
@@ -184,7 +185,7 @@ async def test_a_client_leaving_while_queued_cancels_its_job(
     record = harness.redis.hgetall(keys.job_record(job_id))
     assert record[b"status"] == JobStatus.CANCELLED.encode()
     assert queue.count == 0
-    assert (await queue_state(harness.state.redis, MODEL, 30)).waiting == 0
+    assert (await queue_depth(harness.state.redis, MODEL, 30)).waiting == 0
     harness.work()
     assert harness.engine.started_with == []  # it never ran
 
@@ -205,8 +206,8 @@ async def test_redis_down_is_503_in_openai_shape(
 
 @pytest.mark.settings(queue_deadline_s=0.1)
 async def test_get_job_expires_a_job_past_its_deadline(harness: Harness) -> None:
-    from api.admission import admit
     from shared.job import ChatMessage, Flavour, GenerationJob
+    from shared.lifecycle.admission import admit
 
     job = GenerationJob(
         model=MODEL,

@@ -13,7 +13,7 @@ from kubernetes_validate.utils import latest_version
 from typer.main import get_command
 
 from shared import keys
-from shared.cli import app
+from shared.cli import commands
 from shared.settings import DEFAULT_MODEL, ApiSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -25,7 +25,7 @@ DASHBOARD = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "tokenq.jso
 def parse_tokenq(command: list[str]) -> dict[str, Any]:
     """What `tokenq <sub> ...` parses to with the real CLI; unknown options raise."""
     assert command[0] == "tokenq", command
-    cli = get_command(app)
+    cli = get_command(commands())
     sub = cli.commands[command[1]]  # type: ignore[attr-defined]
     params: dict[str, Any] = sub.make_context(command[1], list(command[2:])).params
     given = {k: v for k, v in params.items() if v is not None}

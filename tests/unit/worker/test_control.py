@@ -7,15 +7,15 @@ from dataclasses import dataclass
 import fakeredis
 import pytest
 
-from api.admission import admit
 from shared import keys
 from shared.events import DoneEvent, ErrorCode, ErrorEvent, TokenEvent
 from shared.job import ChatMessage, Flavour, GenerationJob
 from shared.lifecycle import JobRecord, JobStatus
+from shared.lifecycle.admission import admit
+from shared.lifecycle.worker_side import RedisJobControl, RunGate
 from shared.queues import model_queue
 from shared.settings import Settings, WorkerSettings
 from tests.fakes import EOS, FakeEngine, RecordingPublisher
-from worker.control import RedisJobControl, RunGate
 from worker.engine import Sampled
 from worker.main import ModelWorker
 from worker.runner import JobRunner

@@ -4,33 +4,24 @@ import time
 
 from redis.asyncio import Redis as AsyncRedis
 
-from shared import keys, lifecycle
+from shared import keys
 from shared.events import ErrorCode, ErrorEvent
-from shared.lifecycle import JobRecord, JobStatus
+from shared.lifecycle.record import JobRecord, JobStatus
+from shared.lifecycle.scripts import ApiScripts
 
 
-class JobTracker:
+class ApiJobs:
     def __init__(self, redis: AsyncRedis, record_ttl_s: int) -> None:
         self._redis = redis
         self._ttl = record_ttl_s
-        self._expire = redis.register_script(lifecycle.EXPIRE)
-        self._cancel = redis.register_script(lifecycle.CANCEL)
-        self._position = redis.register_script(lifecycle.POSITION)
+        self._scripts = ApiScripts(redis)
 
     async def record(self, job_id: str) -> JobRecord | None:
         return JobRecord.from_hash(job_id, await self._redis.hgetall(keys.job_record(job_id)))
 
     async def expire(self, record: JobRecord) -> JobStatus | None:
         """Expire the job if it is still queued past its deadline; its status afterwards."""
-        status = await self._expire(
-            keys=[
-                keys.job_record(record.id),
-                keys.waiting_jobs(record.model),
-                keys.rq_queue_key(record.model),
-            ],
-            args=[time.time(), self._ttl],
-        )
-        return _status(status)
+        return await self._scripts.expire(record, time.time(), self._ttl)
 
     async def cancel(self, job_id: str) -> JobStatus | None:
         """Cancel a queued or running job; the status it had (None: no such job).
@@ -42,16 +33,7 @@ class JobTracker:
         if raw is None:
             return None
         model = raw.decode() if isinstance(raw, bytes) else raw
-        before = _status(
-            await self._cancel(
-                keys=[
-                    keys.job_record(job_id),
-                    keys.waiting_jobs(model),
-                    keys.rq_queue_key(model),
-                ],
-                args=[time.time(), self._ttl],
-            )
-        )
+        before = await self._scripts.cancel(job_id, model, time.time(), self._ttl)
         if before in (JobStatus.QUEUED, JobStatus.RUNNING):
             event = ErrorEvent(code=ErrorCode.CANCELLED, message="the job was cancelled")
             await self._redis.publish(keys.events_channel(job_id), event.model_dump_json())
@@ -59,15 +41,5 @@ class JobTracker:
 
     async def position(self, record: JobRecord) -> int | None:
         """How many waiting jobs are ahead of this one in its model's queue."""
-        ahead = int(
-            await self._position(
-                keys=[keys.rq_queue_key(record.model), keys.waiting_jobs(record.model)],
-                args=[record.rq_id, time.time()],
-            )
-        )
+        ahead = await self._scripts.position(record, time.time())
         return ahead if ahead >= 0 else None
-
-
-def _status(raw: bytes | str) -> JobStatus | None:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    return JobStatus(text) if text in JobStatus.__members__.values() else None

@@ -1,4 +1,4 @@
-"""The worker's side of a job's record (shared/lifecycle.py), and the `max_running` gate.
+"""The worker's side of a job's record, and the `max_running` gate.
 
 `RedisJobControl` is what the runner asks before and while it runs a job: may I start it
 (not cancelled, not expired, not a stale attempt), may I publish its first token (it was not
@@ -7,17 +7,26 @@ given to another worker meanwhile), should I stop (cancelled), and records how i
 
 import logging
 import time
+from enum import Enum
 
 from redis import Redis
 
-from shared import keys, lifecycle
+from shared import keys
 from shared.events import DoneEvent, ErrorEvent, TerminalEvent
 from shared.job import GenerationJob
-from shared.lifecycle import JobStatus, rq_job_id
+from shared.lifecycle.record import JobStatus
+from shared.lifecycle.scripts import WorkerScripts
 from shared.settings import WorkerSettings
-from worker.runner import Begin
 
 log = logging.getLogger(__name__)
+
+
+class StartDecision(Enum):
+    """What a worker does with a job it dequeued."""
+
+    RUN = "run"
+    EXPIRED = "expired"  # waited past its deadline: answer with an error, never start
+    SKIP = "skip"  # cancelled, or a stale attempt: not this worker's to answer
 
 
 class RedisJobControl:
@@ -25,38 +34,28 @@ class RedisJobControl:
         self._redis = redis
         self._worker_id = worker_id
         self._settings = settings
-        self._begin = redis.register_script(lifecycle.BEGIN)
-        self._claim = redis.register_script(lifecycle.CLAIM_OUTPUT)
-        self._end = redis.register_script(lifecycle.END)
+        self._scripts = WorkerScripts(redis)
         self.current: GenerationJob | None = None  # read by the heartbeat thread
         self._checked_at = 0.0
 
-    def begin(self, job: GenerationJob) -> Begin:
+    def begin(self, job: GenerationJob) -> StartDecision:
         now = time.time()
-        outcome = self._begin(
-            keys=[
-                keys.job_record(job.id),
-                keys.waiting_jobs(job.model),
-                keys.running_jobs(job.model),
-            ],
-            args=[
-                job.id,
-                rq_job_id(job.id, job.attempt),
-                self._worker_id,
-                now,
-                now + self._settings.heartbeat_ttl_s,
-                self._settings.record_ttl_s,
-            ],
-        ).decode()
+        outcome = self._scripts.begin(
+            job,
+            self._worker_id,
+            now,
+            lease_until=now + self._settings.heartbeat_ttl_s,
+            ttl_s=self._settings.record_ttl_s,
+        )
         if outcome == JobStatus.RUNNING:
             self.current = job
             self._checked_at = time.monotonic()
-            return Begin.RUN
+            return StartDecision.RUN
         log.info("job %s attempt %d not run: %s", job.id, job.attempt, outcome)
-        return Begin.EXPIRED if outcome == JobStatus.EXPIRED else Begin.SKIP
+        return StartDecision.EXPIRED if outcome == JobStatus.EXPIRED else StartDecision.SKIP
 
     def claim_output(self, job: GenerationJob) -> bool:
-        return bool(self._claim(keys=[keys.job_record(job.id)], args=[self._worker_id]))
+        return self._scripts.claim_output(job, self._worker_id)
 
     def should_stop(self, job: GenerationJob) -> bool:
         """Cancelled, or no longer this worker's; asks Redis at most every `cancel_check_s`."""
@@ -70,25 +69,15 @@ class RedisJobControl:
     def end(self, job: GenerationJob, terminal: TerminalEvent) -> bool:
         self.current = None
         now = time.time()
-        status = JobStatus.DONE if isinstance(terminal, DoneEvent) else JobStatus.FAILED
-        owned = self._end(
-            keys=[
-                keys.job_record(job.id),
-                keys.running_jobs(job.model),
-                keys.finished_jobs(job.model),
-            ],
-            args=[
-                job.id,
-                self._worker_id,
-                now,
-                status,
-                terminal.code if isinstance(terminal, ErrorEvent) else "",
-                now - self._settings.drain_window_s,
-                self._settings.record_ttl_s,
-                rq_job_id(job.id, job.attempt),
-            ],
+        return self._scripts.end(
+            job,
+            self._worker_id,
+            now,
+            status=JobStatus.DONE if isinstance(terminal, DoneEvent) else JobStatus.FAILED,
+            error=terminal.code if isinstance(terminal, ErrorEvent) else "",
+            window_start=now - self._settings.drain_window_s,
+            ttl_s=self._settings.record_ttl_s,
         )
-        return bool(owned)
 
     def renew(self, redis: Redis, ttl_s: float) -> None:
         """Heartbeat: extend the running job's lease (it stops counting as running otherwise)."""
@@ -105,24 +94,24 @@ class RunGate:
     """
 
     def __init__(self, redis: Redis, model: str, worker_id: str, max_running: int) -> None:
-        self._key = keys.run_slots(model)
+        self._model = model
         self._worker_id = worker_id
         self._max = max_running
-        self._acquire = redis.register_script(lifecycle.ACQUIRE_SLOT)
+        self._scripts = WorkerScripts(redis)
         self._redis = redis
         self.held = False
 
     def acquire(self, ttl_s: float) -> bool:
         now = time.time()
-        self.held = bool(
-            self._acquire(keys=[self._key], args=[self._worker_id, now, now + ttl_s, self._max])
+        self.held = self._scripts.acquire_slot(
+            self._model, self._worker_id, now, now + ttl_s, self._max
         )
         return self.held
 
     def release(self) -> None:
         self.held = False
-        self._redis.zrem(self._key, self._worker_id)
+        self._redis.zrem(keys.run_slots(self._model), self._worker_id)
 
     def renew(self, redis: Redis, ttl_s: float) -> None:
         if self.held:
-            redis.zadd(self._key, {self._worker_id: time.time() + ttl_s}, xx=True)
+            redis.zadd(keys.run_slots(self._model), {self._worker_id: time.time() + ttl_s}, xx=True)

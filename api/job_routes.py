@@ -51,7 +51,7 @@ async def get_job(job_id: str, state: StateDep) -> JobView:
 async def cancel_job(job_id: str, state: StateDep) -> JobView:
     """Cancel a queued job (it never runs) or a running one (its worker stops within ~100 ms)."""
     record = await _record(state, job_id)
-    before = await state.tracker.cancel(record.id)
+    before = await state.jobs.cancel(record.id)
     if before is None:
         raise JobNotFoundError(f"no job '{job_id}'", param="job_id")
     if before.terminal:
@@ -61,7 +61,7 @@ async def cancel_job(job_id: str, state: StateDep) -> JobView:
 
 async def _record(state: AppState, job_id: str) -> JobRecord:
     match = _JOB_ID.search(job_id)
-    record = await state.tracker.record(match.group(1)) if match else None
+    record = await state.jobs.record(match.group(1)) if match else None
     if record is None:
         raise JobNotFoundError(f"no job '{job_id}'", param="job_id")
     return record
@@ -70,9 +70,9 @@ async def _record(state: AppState, job_id: str) -> JobRecord:
 async def _view(state: AppState, record: JobRecord) -> JobView:
     position = None
     if record.status is JobStatus.QUEUED and record.deadline <= time.time():
-        await state.tracker.expire(record)  # nobody may have looked since its deadline
+        await state.jobs.expire(record)  # nobody may have looked since its deadline
         record = await _record(state, record.id)
     if record.status is JobStatus.QUEUED:
-        ahead = await state.tracker.position(record)
+        ahead = await state.jobs.position(record)
         position = None if ahead is None else ahead + 1
     return JobView(position=position, **record.model_dump(exclude={"streamed", "rq_id"}))

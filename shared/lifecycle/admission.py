@@ -1,10 +1,11 @@
-"""Admission: a model's waiting-job limit, checked and enqueued in one atomic Redis step.
+"""The API's two transactions on a job's record: admit it, and reclaim it from a dead worker.
 
-The check and RQ's enqueue share one WATCH/MULTI transaction on the model's waiting set, so
-any number of API replicas together never admit more than `max_queued` waiting jobs: a
-replica whose transaction raced another's sees a WatchError and checks again. A worker that
+Admission's check and RQ's enqueue share one WATCH/MULTI transaction on the model's waiting
+set, so any number of API replicas together never admit more than `max_queued` waiting jobs:
+a replica whose transaction raced another's sees a WatchError and checks again. A worker that
 died before its job's first token is handled with the same kind of transaction on the job's
-record, so the job is requeued exactly once however many parties notice.
+record, so the job is requeued exactly once however many parties notice. Both are
+synchronous (RQ's enqueue is); the API runs them in a thread.
 """
 
 import math
@@ -16,11 +17,10 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
-from api.errors import QueueFullError
 from shared import keys
 from shared.events import ErrorCode
 from shared.job import GenerationJob
-from shared.lifecycle import JobRecord, JobStatus, QueueState, rq_job_id
+from shared.lifecycle.record import JobRecord, JobStatus, queued_fields, rq_job_id
 from shared.queues import GENERATE_TASK, model_queue
 from shared.settings import Settings
 
@@ -44,7 +44,7 @@ def admit(redis: Redis, job: GenerationJob, settings: Settings) -> int | None:
                 pipe.multi()
                 pipe.zremrangebyscore(waiting, "-inf", now)  # expired ids: housekeeping
                 _enqueue(pipe, redis, job, settings, at_front=False)
-                pipe.hset(keys.job_record(job.id), mapping=_record_fields(job))
+                pipe.hset(keys.job_record(job.id), mapping=queued_fields(job))
                 pipe.expire(keys.job_record(job.id), settings.record_ttl_s)
                 pipe.execute()
                 return None
@@ -91,25 +91,11 @@ def reclaim(
                 deadline = now + settings.queue_deadline_s
                 again = job.model_copy(update={"attempt": record.attempt + 1, "deadline": deadline})
                 _enqueue(pipe, redis, again, settings, at_front=True)
-                pipe.hset(record_key, mapping={**_record_fields(again), "worker": ""})
+                pipe.hset(record_key, mapping=queued_fields(again))
                 pipe.execute()
                 return Reclaimed.REQUEUED, again
             except WatchError:
                 continue
-
-
-def retry_after(state: QueueState, max_s: int) -> int:
-    """Seconds until the waiting jobs have drained at the model's recent finish rate."""
-    if state.drain_rate <= 0:
-        return max_s
-    return max(1, min(max_s, math.ceil(max(state.waiting, 1) / state.drain_rate)))
-
-
-def queue_full(model: str, state: QueueState, max_s: int) -> QueueFullError:
-    return QueueFullError(
-        f"the queue for model '{model}' is full ({state.waiting} waiting); retry later",
-        retry_after_s=retry_after(state, max_s),
-    )
 
 
 def _enqueue(
@@ -129,14 +115,3 @@ def _enqueue(
         pipeline=pipe,
     )
     pipe.zadd(keys.waiting_jobs(job.model), {rq_id: job.deadline})
-
-
-def _record_fields(job: GenerationJob) -> dict[FieldT, EncodableT]:
-    return {
-        "model": job.model,
-        "status": JobStatus.QUEUED,
-        "rq_id": rq_job_id(job.id, job.attempt),
-        "attempt": job.attempt,
-        "created_at": job.created_at,
-        "deadline": job.deadline,
-    }

@@ -1,0 +1,50 @@
+"""`tokenq worker`: one worker pinned to one model.
+
+Registered into the `tokenq` command (shared/cli.py) through the `tokenq.commands` entry
+point group, so the bottom layer never imports the worker.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared import logs
+from shared.settings import WorkerSettings
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(worker)
+
+
+def worker(
+    model: Annotated[str | None, typer.Option(help="Model name this worker serves.")] = None,
+    gguf: Annotated[Path | None, typer.Option(help="GGUF file (default: SmolLM2).")] = None,
+    n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context window.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    n_gpu_layers: Annotated[
+        int | None, typer.Option("--n-gpu-layers", help="Layers to offload, -1 for all.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", help="Serve /metrics, /healthz and /readyz on this port."),
+    ] = None,
+    metrics_host: Annotated[
+        str | None, typer.Option("--metrics-host", help="Address for the metrics port.")
+    ] = None,
+) -> None:
+    """Run one worker pinned to one model."""
+    from worker.main import run_worker
+
+    given = {
+        "model": model,
+        "gguf": gguf,
+        "n_ctx": n_ctx,
+        "threads": threads,
+        "n_gpu_layers": n_gpu_layers,
+        "metrics_port": metrics_port,
+        "metrics_host": metrics_host,
+    }
+    settings = WorkerSettings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+    logs.configure(settings.log_format)
+    run_worker(settings)
