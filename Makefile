@@ -17,6 +17,7 @@ test: redis-server deploy-tools llama-cpp $(VENV)/.test lint
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check api worker shared tests deploy
 	$(VENV)/bin/mypy api worker shared deploy/locust
+	$(VENV)/bin/lint-imports
 
 redis-server:
 	@command -v redis-server >/dev/null || { \

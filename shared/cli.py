@@ -1,19 +1,18 @@
-"""The `tokenq` command: `up` (all in one, for development), `api`, `worker`."""
+"""The `tokenq` command: `up` (all in one, for development) here; the role commands (`api`,
+`worker`) come from the packages that own them, through the `tokenq.commands` entry point
+group (see pyproject.toml), so this bottom layer imports neither the API nor the worker.
+"""
 
-import logging
-import logging.config
-import os
+import functools
+import importlib.metadata
 import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated
 from urllib.parse import urlparse
 
 import typer
@@ -22,114 +21,26 @@ from redis.exceptions import RedisError
 from rich.console import Console
 
 from shared.exits import ExitStatus
-from shared.logs import logging_config
-from shared.metrics import MULTIPROC_DIR_ENV
 from shared.registry import live_workers_now
-from shared.settings import DEFAULT_MODEL, ApiSettings, Settings, WorkerSettings
+from shared.settings import DEFAULT_MODEL, ApiSettings
 from shared.supervise import Child, Death, Supervisor, worker_restartable
+
+COMMANDS_GROUP = "tokenq.commands"
 
 app = typer.Typer(help="tokenq: an LLM API that scales out on Redis.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
-def _logging(settings: Settings) -> dict[str, Any]:
-    config = logging_config(settings.log_format)
-    logging.config.dictConfig(config)
-    return config
+@functools.cache
+def commands() -> typer.Typer:
+    """The `tokenq` command with every registered subcommand (loaded once)."""
+    for entry in importlib.metadata.entry_points(group=COMMANDS_GROUP):
+        entry.load()(app)
+    return app
 
 
-@app.command()
-def api(
-    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="uvicorn worker processes (/metrics sums them all).")
-    ] = None,
-) -> None:
-    """Run one API front end (FastAPI under uvicorn)."""
-    import uvicorn
-
-    from api.app import create_app
-
-    given = {"host": host, "port": port, "workers": workers}
-    settings = ApiSettings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
-    log_config = _logging(settings)
-    # On SIGTERM uvicorn stops accepting at once and gives open streams the grace period.
-    grace = int(settings.shutdown_grace_s)
-    if settings.workers == 1 and not os.environ.get(MULTIPROC_DIR_ENV):
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_config=log_config,
-            timeout_graceful_shutdown=grace,
-        )
-        return
-    # Each process is a fresh interpreter that builds its app from the environment, and
-    # counts its metrics in files that /metrics sums (prometheus-client multiprocess mode).
-    with _multiprocess_dir():
-        uvicorn.run(
-            "api.app:create_app",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_config=log_config,
-            timeout_graceful_shutdown=grace,
-        )
-
-
-@contextmanager
-def _multiprocess_dir() -> Iterator[None]:
-    """PROMETHEUS_MULTIPROC_DIR for the API's processes: the one given, emptied of a previous
-    run's files, or a temporary one removed afterwards."""
-    given = os.environ.get(MULTIPROC_DIR_ENV)
-    if given:
-        Path(given).mkdir(parents=True, exist_ok=True)
-        for stale in Path(given).glob("*.db"):
-            stale.unlink()
-        yield
-        return
-    with tempfile.TemporaryDirectory(prefix="tokenq-metrics-") as path:
-        os.environ[MULTIPROC_DIR_ENV] = path
-        try:
-            yield
-        finally:
-            del os.environ[MULTIPROC_DIR_ENV]
-
-
-@app.command()
-def worker(
-    model: Annotated[str | None, typer.Option(help="Model name this worker serves.")] = None,
-    gguf: Annotated[Path | None, typer.Option(help="GGUF file (default: SmolLM2).")] = None,
-    n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context window.")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
-    n_gpu_layers: Annotated[
-        int | None, typer.Option("--n-gpu-layers", help="Layers to offload, -1 for all.")
-    ] = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option("--metrics-port", help="Serve /metrics, /healthz and /readyz on this port."),
-    ] = None,
-    metrics_host: Annotated[
-        str | None, typer.Option("--metrics-host", help="Address for the metrics port.")
-    ] = None,
-) -> None:
-    """Run one worker pinned to one model."""
-    from worker.main import run_worker
-
-    given = {
-        "model": model,
-        "gguf": gguf,
-        "n_ctx": n_ctx,
-        "threads": threads,
-        "n_gpu_layers": n_gpu_layers,
-        "metrics_port": metrics_port,
-        "metrics_host": metrics_host,
-    }
-    settings = WorkerSettings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
-    _logging(settings)
-    run_worker(settings)
+def main() -> None:
+    commands()()
 
 
 @app.command()
@@ -154,7 +65,7 @@ def up(
         Child(
             "worker",
             [*me, "worker", "--model", model],
-            ready=lambda child: _registered(settings.redis_url, model, child.pid),
+            ready=lambda child: _worker_registered(settings.redis_url, model, child.pid),
             restartable=worker_restartable,
         ),
         Child("api", [*me, "api", "--host", host, "--port", str(port)], ready=_healthy(url)),
@@ -215,7 +126,7 @@ def _announce(url: str, model: str) -> None:
     )
 
 
-def _registered(redis_url: str, model: str, pid: int | None) -> bool:
+def _worker_registered(redis_url: str, model: str, pid: int | None) -> bool:
     """Whether the worker with this pid (on this host) has registered."""
     try:
         redis = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
@@ -264,4 +175,4 @@ def _http_ok(url: str) -> bool:
 
 
 if __name__ == "__main__":
-    app()
+    main()

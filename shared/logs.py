@@ -6,6 +6,7 @@ same for a block and undoes it after.
 """
 
 import logging
+import logging.config
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -103,3 +104,10 @@ def logging_config(fmt: LogFormat = "json", level: str = "INFO") -> dict[str, An
             "uvicorn.access": {"handlers": [], "propagate": True, "filters": ["probes"]},
         },
     }
+
+
+def configure(fmt: LogFormat = "json") -> dict[str, Any]:
+    """Apply `logging_config(fmt)` to this process and return it (uvicorn takes it too)."""
+    config = logging_config(fmt)
+    logging.config.dictConfig(config)
+    return config
