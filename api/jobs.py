@@ -277,7 +277,7 @@ async def _check_context(state: AppState, job: GenerationJob, workers: list[Work
     returns the count.
     """
     n_ctx = min(w.n_ctx for w in workers)
-    prompt = await state.tokenizers.count(job)
+    prompt = await state.tokenizers.count(job, n_ctx)
     wanted = job.sampling.max_tokens
     if prompt + (wanted or 1) > n_ctx:
         raise ContextLengthExceededError(

@@ -109,7 +109,7 @@ async def fit_context(state: AppState, job: GenerationJob, num_ctx: int | None) 
         )
     if num_ctx == n_ctx:
         return job
-    prompt = await state.tokenizers.count(job)
+    prompt = await state.tokenizers.count(job, num_ctx)
     room, wanted = num_ctx - prompt, job.sampling.max_tokens
     if room < 1 or (wanted is not None and wanted > room):
         raise ContextLengthExceededError(
