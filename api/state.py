@@ -58,7 +58,7 @@ class AppState:
             settings,
             redis,
             sync_redis,
-            tokenizers or Tokenizers(redis),
+            tokenizers or Tokenizers(redis, settings.tokenizer_cache_dir),
             ApiMetrics(),
             ApiJobs(redis, settings.record_ttl_s),
         )

@@ -71,7 +71,7 @@ async def _check_context(state: AppState, job: GenerationJob, workers: list[Work
     Counted with the model's own vocabulary (api/tokenizers.py), as the worker counts it.
     """
     n_ctx = effective_context(min(w.n_ctx for w in workers), job.n_ctx)
-    prompt = await state.tokenizers.count(job)
+    prompt = await state.tokenizers.count(job, n_ctx)
     try:
         output_room(n_ctx, prompt, job.sampling.max_tokens)
     except ContextOverflowError as exc:

@@ -39,6 +39,12 @@ def model_facts(digest: str) -> str:
     return f"{PREFIX}:facts:{digest}"
 
 
+def model_vocab(digest: str) -> str:
+    """A model file's tokenizer as a vocab-only GGUF (shared/vocab.py), by the file's sha256;
+    never expires."""
+    return f"{PREFIX}:vocab:{digest}"
+
+
 def rq_queue_key(model: str) -> str:
     """The Redis list RQ keeps a model's waiting jobs in (KEDA scales workers on its length)."""
     return Queue.redis_queue_namespace_prefix + queue_name(model)

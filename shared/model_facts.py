@@ -4,7 +4,7 @@ The worker registers these facts with its heartbeat (shared/registry.py), so the
 describe a served model (Ollama's /api/tags, /api/ps, /api/show) without opening the file.
 Reading the metadata takes seconds for a large vocabulary, so it is done once per file
 content: the facts are kept in Redis under the file's sha256, and later workers of the same
-file only hash it.
+file only hash it. The same first read publishes the file's tokenizer (shared/vocab.py).
 """
 
 import hashlib
@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from redis import Redis
 
-from shared import keys
+from shared import keys, vocab
 
 Scalar = str | int | float | bool
 MetadataValue = Scalar | list[Scalar]
@@ -51,22 +51,36 @@ class ModelFacts(BaseModel):
 
 
 def describe(redis: Redis, path: Path) -> ModelFacts:
-    """The file's facts, its metadata read from Redis when this content was read before."""
+    """The file's facts, its metadata read from Redis when this content was read before.
+
+    Also makes sure the file's tokenizer is published (shared/vocab.py), reading the file for
+    it only if no worker of this content did before.
+    """
     digest = _sha256(path)
     cached = redis.get(keys.model_facts(digest))
+    reader: gguf.GGUFReader | None = None
     if cached is None:
-        facts = read_facts(path, digest)
+        reader = gguf.GGUFReader(path)
+        facts = read_facts(path, digest, reader)
         redis.set(keys.model_facts(digest), facts.model_dump_json())
-        return facts
-    # Size and metadata follow from the content; the modification time is this file's own.
-    facts = ModelFacts.model_validate_json(cached)
-    return facts.model_copy(update={"modified_at": path.stat().st_mtime})
+    else:
+        # Size and metadata follow from the content; the modification time is this file's own.
+        facts = ModelFacts.model_validate_json(cached).model_copy(
+            update={"modified_at": path.stat().st_mtime}
+        )
+    # Checked on its own: facts registered by a version that did not publish tokenizers.
+    if not vocab.is_published(redis, digest):
+        vocab.publish(redis, digest, reader or gguf.GGUFReader(path))
+    return facts
 
 
-def read_facts(path: Path, digest: str | None = None) -> ModelFacts:
-    """Hash the file (unless its digest is given) and read its GGUF header, memory-mapped."""
+def read_facts(
+    path: Path, digest: str | None = None, reader: gguf.GGUFReader | None = None
+) -> ModelFacts:
+    """Hash the file (unless its digest is given) and read its GGUF header, memory-mapped
+    (unless a reader of it is given)."""
     stat = path.stat()
-    reader = gguf.GGUFReader(path)
+    reader = reader or gguf.GGUFReader(path)
     metadata = {
         name: _value(field)
         for name, field in reader.fields.items()

@@ -119,6 +119,11 @@ class ApiSettings(Settings):
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long open streams may take to finish."
     )
+    tokenizer_cache_dir: Path | None = Field(
+        default=None,
+        description="Where tokenizers fetched from Redis are kept (API hosts without the "
+        "model files); None: tokenq-vocab in the system's temporary directory.",
+    )
 
 
 class WorkerSettings(Settings):

@@ -2,9 +2,14 @@
 
 The worker and the API count prompt tokens with this same code, so a count the API gives
 before enqueueing equals the usage the worker reports. On the API side it loads the GGUF's
-vocabulary only (llama.cpp `vocab_only`), a few MB and a fraction of a second.
+vocabulary only (llama.cpp `vocab_only`), a few MB and a fraction of a second, from the
+served file or from the vocab-only GGUF its worker published (shared/vocab.py).
 """
 
+import ctypes
+import math
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import llama_cpp
@@ -13,6 +18,33 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from shared.job import ChatMessage
 
 _MARKER = "\u2063tokenq-final-message\u2063"  # INVISIBLE SEPARATOR: not in real text
+
+# Vocabularies whose tokens spell the text back byte for byte: every byte of a prompt is in
+# the piece of one of its tokens (an SPM space prefix only adds one). WordPiece and Unigram
+# normalize text (drop or fold whitespace), so a prompt's bytes bound nothing there.
+_SPELLING_VOCABS = (llama_cpp.LLAMA_VOCAB_TYPE_SPM, llama_cpp.LLAMA_VOCAB_TYPE_BPE)
+_STRIPS = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
+# A character unknown to the vocabulary (up to 4 bytes of UTF-8) becomes one unknown token,
+# whose piece may be shorter.
+_LONGEST_CHARACTER = 4
+_ASCII_SPACE = b" \t\n\v\f\r"  # what llama.cpp's isspace() strips next to such tokens
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A prompt as the tokenizer takes it: its text and how to tokenize that text."""
+
+    text: bytes
+    add_bos: bool
+    special: bool  # text of special tokens (a chat template's markup) becomes those tokens
+
+
+@dataclass(frozen=True)
+class _TokenSpan:
+    """What one token of a vocabulary can stand for, measured once per loaded vocabulary."""
+
+    longest: int  # bytes of text; 0: this vocabulary gives no bound
+    strips: bool  # some special token swallows the whitespace next to it
 
 
 class PromptTokenizer:
@@ -37,6 +69,62 @@ class PromptTokenizer:
         return cls(llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False))
 
     def chat(self, messages: list[ChatMessage], continue_final: bool = False) -> list[int]:
+        return self.tokenize(self._render_chat(messages, continue_final))
+
+    def raw(self, prompt: str) -> list[int]:
+        return self.tokenize(_render_raw(prompt))
+
+    def tokens(
+        self, messages: list[ChatMessage] | None, prompt: str | None, continue_final: bool = False
+    ) -> list[int]:
+        return self.tokenize(self.render(messages, prompt, continue_final))
+
+    def render(
+        self, messages: list[ChatMessage] | None, prompt: str | None, continue_final: bool = False
+    ) -> RenderedPrompt:
+        """The text to tokenize: the messages in the chat template, or the raw prompt."""
+        if messages is not None:
+            return self._render_chat(messages, continue_final)
+        return _render_raw(prompt or "")
+
+    def tokenize(self, rendered: RenderedPrompt) -> list[int]:
+        return self._llama.tokenize(
+            rendered.text, add_bos=rendered.add_bos, special=rendered.special
+        )
+
+    def min_tokens(self, rendered: RenderedPrompt) -> int:
+        """A lower bound on `len(self.tokenize(rendered))`, from the text's length alone.
+
+        No token stands for more bytes than the vocabulary's longest, so a text of n bytes is
+        at least n / longest tokens: a prompt far too long for any context is known as such
+        without tokenizing it (seconds and hundreds of MB for a few MB of text).
+        """
+        span = self._span
+        if not span.longest:
+            return 0
+        size = len(rendered.text)
+        if span.strips:
+            # Whitespace next to such a token (special, or user-defined and matched even in a
+            # raw prompt) is in no token's piece; every other byte is.
+            size -= sum(rendered.text.count(space) for space in _ASCII_SPACE)
+        return math.ceil(size / span.longest)
+
+    @cached_property
+    def _span(self) -> _TokenSpan:
+        model = self._llama._model
+        if model.vocab_type() not in _SPELLING_VOCABS:
+            return _TokenSpan(longest=0, strips=False)
+        longest, strips, size = 0, False, 256
+        piece = ctypes.create_string_buffer(size)
+        for token in range(model.n_vocab()):
+            # The bytes the token stands for, its special text included (llama.cpp never
+            # writes more than `size`; a longer piece gives minus its length).
+            length = llama_cpp.llama_token_to_piece(model.vocab, token, piece, size, 0, True)
+            longest = max(longest, abs(length))
+            strips = strips or bool(model.token_get_attr(token) & _STRIPS)
+        return _TokenSpan(longest=max(longest, _LONGEST_CHARACTER), strips=strips)
+
+    def _render_chat(self, messages: list[ChatMessage], continue_final: bool) -> RenderedPrompt:
         if continue_final and not messages[-1].content.strip():
             # An empty prefill is the assistant's turn as the generation prompt opens it.
             messages, continue_final = messages[:-1], False
@@ -45,17 +133,7 @@ class PromptTokenizer:
         else:
             rendered = self._template(messages=[m.model_dump() for m in messages])  # type: ignore[misc]
             text, added_special = rendered.prompt, rendered.added_special
-        return self._llama.tokenize(text.encode("utf-8"), add_bos=not added_special, special=True)
-
-    def raw(self, prompt: str) -> list[int]:
-        return self._llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-
-    def tokens(
-        self, messages: list[ChatMessage] | None, prompt: str | None, continue_final: bool = False
-    ) -> list[int]:
-        if messages is not None:
-            return self.chat(messages, continue_final)
-        return self.raw(prompt or "")
+        return RenderedPrompt(text.encode("utf-8"), add_bos=not added_special, special=True)
 
     def _continued(self, messages: list[ChatMessage]) -> tuple[str, bool]:
         """The conversation rendered up to the end of the final message's text, left open.
@@ -70,3 +148,7 @@ class PromptTokenizer:
         if at < 0:
             raise ValueError("the chat template drops the final message's text")
         return rendered.prompt[:at] + final.content, rendered.added_special
+
+
+def _render_raw(prompt: str) -> RenderedPrompt:
+    return RenderedPrompt(prompt.encode("utf-8"), add_bos=True, special=False)

@@ -66,5 +66,5 @@ class FakeTokenizers(Tokenizers):
     def __init__(self, prompt_len: int) -> None:
         self.prompt_len = prompt_len
 
-    async def count(self, job: GenerationJob) -> int:
+    async def count(self, job: GenerationJob, n_ctx: int | None = None) -> int:
         return self.prompt_len

@@ -44,3 +44,21 @@ def test_tokens_passes_the_flag(tokenizer: PromptTokenizer) -> None:
     prefill = [*QUESTION, ChatMessage(role="assistant", content="Red")]
     assert tokenizer.tokens(prefill, None, True) == tokenizer.chat(prefill, True)
     assert tokenizer.tokens(None, "raw text") == tokenizer.raw("raw text")
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["", "Name a colour.", "#" * 800, "\n" + " " * 80, "naïve café ☕ 𝄞 世界" * 20, " \t\n" * 100],
+)
+def test_min_tokens_bounds_the_count_from_below(tokenizer: PromptTokenizer, prompt: str) -> None:
+    for messages, raw in (([ChatMessage(role="user", content=prompt)], None), (None, prompt)):
+        rendered = tokenizer.render(messages, raw)
+        assert tokenizer.min_tokens(rendered) <= len(tokenizer.tokenize(rendered))
+
+
+def test_min_tokens_is_tight_for_the_longest_tokens(tokenizer: PromptTokenizer) -> None:
+    """SmolLM2's longest token is a newline and 80 spaces: 81 bytes."""
+    text = ("\n" + " " * 80) * 50
+    rendered = tokenizer.render(None, text)
+    # SmolLM2 adds no BOS token.
+    assert tokenizer.min_tokens(rendered) == 50 == len(tokenizer.tokenize(rendered))
