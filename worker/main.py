@@ -1,21 +1,17 @@
-"""The worker process: load the model once, register, and serve its RQ queue."""
+"""The worker process: load the model once, prove it computes, register, and serve its RQ
+queue from one slot thread per sequence the engine holds."""
 
-import contextlib
 import faulthandler
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from types import FrameType
 
 from redis import Redis
-from redis.exceptions import RedisError
-from rq import Queue, SimpleWorker
-from rq.exceptions import StopRequested
-from rq.job import Job
 
 from shared.exits import ExitStatus
 from shared.lifecycle.worker_side import RedisJobControl, RunGate
@@ -25,73 +21,14 @@ from shared.queues import model_queue
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
 from worker.engine import Engine, EngineCheckError
-from worker.heartbeat import Heartbeat
+from worker.heartbeat import Heartbeat, Lease
 from worker.llama_engine import LlamaEngine
 from worker.observe import WorkerObserver, serve
 from worker.publisher import RedisPublisher
+from worker.rq_worker import Slot, serve_slots, stop_on_signals
 from worker.runner import JobRunner
-from worker.tasks import current_runner
 
 log = logging.getLogger(__name__)
-
-
-class ModelWorker(SimpleWorker):
-    """RQ's non-forking worker, handing its loaded model to each job it performs.
-
-    SIGTERM/SIGINT: RQ's warm shutdown (finish the running job, take no new one, exit).
-    With a `gate`, the worker takes jobs only while it holds one of the model's run slots.
-    """
-
-    # With Redis away, RQ retries its connection with a backoff that grows to 60 s by
-    # default; capped low, a worker is back within seconds of Redis.
-    max_connection_wait_time = 2.0
-
-    def __init__(
-        self,
-        runner: JobRunner,
-        queue: Queue,
-        *,
-        gate: RunGate | None = None,
-        lease_ttl_s: float = 5.0,
-        stopping: threading.Event | None = None,
-    ) -> None:
-        super().__init__([queue], connection=queue.connection, serializer=queue.serializer)
-        self.runner = runner
-        self.gate = gate
-        self.lease_ttl_s = lease_ttl_s
-        self.stopping = stopping or threading.Event()
-
-    def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping.set()
-        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
-
-    def dequeue_job_and_maintain_ttl(
-        self, timeout: int | None, max_idle_time: int | None = None
-    ) -> tuple[Job, Queue] | None:
-        beat_at = time.monotonic()
-        while self.gate is not None and not self.gate.acquire(self.lease_ttl_s):
-            time.sleep(0.1)  # the model's max_running workers are all busy
-            if time.monotonic() - beat_at > 10:  # keep RQ's view of this worker alive
-                beat_at = time.monotonic()
-                self.heartbeat()
-        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-
-    def perform_job(self, job: Job, queue: Queue) -> bool:
-        token = current_runner.set(self.runner)
-        try:
-            return super().perform_job(job, queue)
-        finally:
-            current_runner.reset(token)
-            if self.gate is not None:
-                self.gate.release()
-
-    def teardown(self) -> None:
-        try:
-            super().teardown()  # type: ignore[no-untyped-call]
-        except RedisError as exc:  # Redis is gone; nothing to unregister from
-            log.warning("worker teardown without redis: %s", exc)
-            if self.pubsub_thread is not None:
-                self.pubsub_thread.stop()
 
 
 def run_worker(settings: WorkerSettings) -> None:
@@ -129,23 +66,41 @@ def run_worker(settings: WorkerSettings) -> None:
         facts=facts.result(),
     )
     observer.loaded(info, engine.info)
-    control = RedisJobControl(control_redis, info.worker_id, settings)
     max_running = settings.limits(settings.model).max_running
-    gate = (
-        RunGate(control_redis, settings.model, info.worker_id, max_running) if max_running else None
-    )
-    runner = JobRunner(engine, RedisPublisher(control_redis), control, observer)
-    rq_redis = Redis.from_url(settings.redis_url, health_check_interval=10)
-    queue = model_queue(rq_redis, settings.model)
+    publisher = RedisPublisher(control_redis)
+    slots = []
+    leases: list[Lease] = []
+    for index in range(engine.info.slots):
+        control = RedisJobControl(control_redis, info.worker_id, settings)
+        # TOKENQ_MAX_RUNNING counts running jobs: one gate member per slot.
+        gate = (
+            RunGate(control_redis, settings.model, f"{info.worker_id}/{index}", max_running)
+            if max_running
+            else None
+        )
+        runner = JobRunner(engine, publisher, control, observer, settings.job_timeout_s)
+        slots.append(Slot(index, runner, gate))
+        leases += [control] if gate is None else [control, gate]
+    stopping = threading.Event()
+    handler = stop_on_signals(stopping)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
     with Heartbeat(
         Redis.from_url(settings.redis_url, socket_timeout=timeout),
         info,
         interval_s=settings.heartbeat_interval_s,
         ttl_s=settings.heartbeat_ttl_s,
-        leases=[control] if gate is None else [control, gate],
+        leases=leases,
         on_beat=observer.heartbeat,
     ):
-        _serve(runner, queue, gate, settings.heartbeat_ttl_s)
+        serve_slots(
+            slots,
+            lambda: model_queue(
+                Redis.from_url(settings.redis_url, health_check_interval=10), settings.model
+            ),
+            settings.heartbeat_ttl_s,
+            stopping,
+        )
 
 
 def _check_engine(engine: Engine) -> None:
@@ -162,26 +117,3 @@ def _check_engine(engine: Engine) -> None:
         log.error("engine self-check failed, not registering: %s", exc)
         raise SystemExit(ExitStatus.ENGINE_CHECK_FAILED) from exc
     log.info("engine self-check passed in %.2fs", time.perf_counter() - started)
-
-
-def _serve(runner: JobRunner, queue: Queue, gate: RunGate | None, lease_ttl_s: float) -> None:
-    """RQ's work loop, started again whenever it ended because Redis went away.
-
-    RQ's loop survives Redis going away while it waits for a job, but not everywhere (a
-    failure while it books a job's end makes it quit): a fresh worker object takes over.
-    """
-    stopping = threading.Event()
-    while not stopping.is_set():
-        try:
-            worker = ModelWorker(
-                runner, queue, gate=gate, lease_ttl_s=lease_ttl_s, stopping=stopping
-            )
-            worker.work(with_scheduler=False, logging_level="WARNING")
-        except RedisError as exc:
-            log.warning("redis unavailable: %s", exc)
-        if stopping.is_set():
-            return
-        log.warning("the worker loop ended without a stop request; starting it again")
-        # A SIGTERM now reaches RQ's handler of the last worker object, which may raise.
-        with contextlib.suppress(StopRequested, RedisError):
-            time.sleep(1.0)

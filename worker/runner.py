@@ -125,11 +125,15 @@ class JobRunner:
         publisher: Publisher,
         control: JobControl | None = None,
         observer: JobObserver | None = None,
+        job_timeout_s: float | None = None,
     ) -> None:
+        """`job_timeout_s`: a running job that takes longer is ended with an error (checked
+        between tokens; RQ's SIGALRM timeout cannot work in slot threads)."""
         self.engine = engine
         self.publisher = publisher
         self.control = control or AlwaysRun()
         self.observer = observer
+        self.job_timeout_s = job_timeout_s
 
     def run(self, job: GenerationJob) -> TerminalEvent | None:
         """Run `job` to its end and publish its events; returns the terminal event, or None
@@ -179,6 +183,11 @@ class JobRunner:
             while generated < max_tokens:
                 if self.control.should_stop(job):
                     raise _stopped()
+                if self.job_timeout_s is not None and time.time() - started > self.job_timeout_s:
+                    raise JobError(
+                        ErrorCode.DEADLINE_EXCEEDED,
+                        f"the job ran past its time limit of {self.job_timeout_s:g} s",
+                    )
                 (sampled,) = (s for s in self.engine.step() if s.slot == slot)
                 first_token_at = first_token_at or time.time()
                 if sampled.end_of_generation:

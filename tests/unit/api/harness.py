@@ -19,8 +19,8 @@ from shared.queues import model_queue
 from shared.registry import WorkerInfo
 from shared.settings import ApiSettings, WorkerSettings
 from tests.fakes import EOS, FakeEngine, FakeTokenizers
-from worker.main import ModelWorker
 from worker.publisher import RedisPublisher
+from worker.rq_worker import ModelWorker
 from worker.runner import JobRunner
 
 MODEL = "m"

@@ -17,7 +17,7 @@ from shared.queues import model_queue
 from shared.settings import Settings, WorkerSettings
 from tests.fakes import EOS, FakeEngine, RecordingPublisher
 from worker.engine import Sampled
-from worker.main import ModelWorker
+from worker.rq_worker import ModelWorker
 from worker.runner import JobRunner
 
 MODEL = "m"

@@ -1,0 +1,192 @@
+"""RQ's side of a worker process: one RQ worker per slot, each in its own thread, all sharing
+the loaded model.
+
+Each slot thread runs an RQ `SimpleWorker` (`SlotWorker`) through RQ's own work loop and
+`perform_job`, so every job in a slot is a started RQ job (registries, status, `rq info`)
+and shows under its own worker name. What RQ does with signals and alarms only works on the
+main thread, so here:
+- the main thread owns SIGTERM/SIGINT and sets one `stopping` event that every slot sees;
+- a slot waits for jobs in short slices (`POLL_S`), so it notices `stopping` while idle;
+- a job's time limit is enforced by the job runner between tokens, not by SIGALRM.
+A slot busy with a job finishes it before it stops (warm shutdown, as before).
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
+from rq.job import Job
+from rq.timeouts import BaseDeathPenalty
+
+from shared.lifecycle.worker_side import RunGate
+from worker.runner import JobRunner
+from worker.tasks import current_runner
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1  # how long one wait for a job lasts before `stopping` is looked at again
+
+
+class ModelWorker(SimpleWorker):
+    """RQ's non-forking worker, handing its loaded model to each job it performs.
+
+    SIGTERM/SIGINT: RQ's warm shutdown (finish the running job, take no new one, exit).
+    With a `gate`, the worker takes jobs only while it holds one of the model's run slots.
+    """
+
+    # With Redis away, RQ retries its connection with a backoff that grows to 60 s by
+    # default; capped low, a worker is back within seconds of Redis.
+    max_connection_wait_time = 2.0
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        queue: Queue,
+        *,
+        gate: RunGate | None = None,
+        lease_ttl_s: float = 5.0,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        super().__init__([queue], connection=queue.connection, serializer=queue.serializer)
+        self.runner = runner
+        self.gate = gate
+        self.lease_ttl_s = lease_ttl_s
+        self.stopping = stopping or threading.Event()
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping.set()
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        beat_at = time.monotonic()
+        while self.gate is not None and not self.gate.acquire(self.lease_ttl_s):
+            time.sleep(0.1)  # the model's max_running workers are all busy
+            if time.monotonic() - beat_at > 10:  # keep RQ's view of this worker alive
+                beat_at = time.monotonic()
+                self.heartbeat()
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def perform_job(self, job: Job, queue: Queue) -> bool:
+        token = current_runner.set(self.runner)
+        try:
+            return super().perform_job(job, queue)
+        finally:
+            current_runner.reset(token)
+            if self.gate is not None:
+                self.gate.release()
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()  # type: ignore[no-untyped-call]
+        except RedisError as exc:  # Redis is gone; nothing to unregister from
+            log.warning("worker teardown without redis: %s", exc)
+            if self.pubsub_thread is not None:
+                self.pubsub_thread.stop()
+
+
+class NoDeathPenalty(BaseDeathPenalty):
+    """RQ's job timeout without SIGALRM (main thread only): the runner enforces it."""
+
+    def setup_death_penalty(self) -> None:
+        pass
+
+    def cancel_death_penalty(self) -> None:
+        pass
+
+
+class SlotWorker(ModelWorker):
+    """A `ModelWorker` that runs in a slot thread of a multi-slot process."""
+
+    death_penalty_class = NoDeathPenalty
+
+    def _install_signal_handlers(self) -> None:
+        pass  # the main thread owns the signals and sets `stopping`
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping.set()
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        while not self.stopping.is_set():
+            found = super().dequeue_job_and_maintain_ttl(POLL_S, max_idle_time=POLL_S)
+            if found is not None:
+                return found
+        raise StopRequested()
+
+
+@dataclass
+class Slot:
+    """What one slot thread needs: its runner (own job control) and its run gate, if any."""
+
+    index: int
+    runner: JobRunner
+    gate: RunGate | None
+
+
+def serve_slots(
+    slots: list[Slot],
+    queue_for: Callable[[], Queue],
+    lease_ttl_s: float,
+    stopping: threading.Event,
+) -> None:
+    """Run every slot's RQ loop in its own thread until `stopping` is set and all are done."""
+    threads = [
+        threading.Thread(
+            target=_serve,
+            args=(slot, queue_for(), lease_ttl_s, stopping),
+            name=f"slot-{slot.index}",
+            daemon=True,  # a second SIGTERM/SIGINT exits without waiting for them
+        )
+        for slot in slots
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(timeout=0.5)  # short joins: the main thread keeps handling signals
+
+
+def _serve(slot: Slot, queue: Queue, lease_ttl_s: float, stopping: threading.Event) -> None:
+    """One slot's RQ loop, started again whenever it ended because Redis went away.
+
+    RQ's loop survives Redis going away while it waits for a job, but not everywhere (a
+    failure while it books a job's end makes it quit): a fresh worker object takes over.
+    """
+    while not stopping.is_set():
+        try:
+            worker = SlotWorker(
+                slot.runner, queue, gate=slot.gate, lease_ttl_s=lease_ttl_s, stopping=stopping
+            )
+            worker.work(with_scheduler=False, logging_level="WARNING")
+        except RedisError as exc:
+            log.warning("slot %d: redis unavailable: %s", slot.index, exc)
+        except Exception:
+            log.exception("slot %d: the worker loop failed", slot.index)
+        if stopping.is_set():
+            return
+        log.warning("slot %d: the worker loop ended without a stop request; again", slot.index)
+        stopping.wait(1.0)
+
+
+def stop_on_signals(stopping: threading.Event) -> Callable[[int, Any], None]:
+    """The main thread's SIGTERM/SIGINT handler: the first asks every slot to finish its job
+    and stop; the second exits at once."""
+
+    def handle(signum: int, frame: Any) -> None:
+        if stopping.is_set():
+            log.warning("second stop signal: exiting without waiting for running jobs")
+            raise SystemExit(1)
+        log.info("stop signal: finishing running jobs, taking no new ones")
+        stopping.set()
+
+    return handle
