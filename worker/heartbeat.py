@@ -60,8 +60,10 @@ class Heartbeat:
         while not self._stopped.wait(self._interval_s):
             try:
                 registry.heartbeat(self._redis, self._info, self._ttl_s)
+                leases = self._redis.pipeline(transaction=False)  # one round trip for all
                 for lease in self._leases:
-                    lease.renew(self._redis, self._ttl_s)
+                    lease.renew(leases, self._ttl_s)
+                leases.execute()
             except RedisError as exc:  # Redis may come back; keep trying
                 log.warning("heartbeat failed: %s", exc)
             else:

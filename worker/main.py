@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from redis import Redis
 
 from shared.exits import ExitStatus
-from shared.lifecycle.worker_side import RedisJobControl, RunGate
+from shared.lifecycle.worker_side import RedisJobControl, RunGate, RunningJobs
 from shared.metrics import WorkerMetrics
 from shared.model_facts import describe
 from shared.queues import model_queue
@@ -24,7 +24,7 @@ from worker.engine import Engine, EngineCheckError
 from worker.heartbeat import Heartbeat, Lease
 from worker.llama_engine import LlamaEngine
 from worker.observe import WorkerObserver, serve
-from worker.publisher import RedisPublisher
+from worker.publisher import BatchingPublisher
 from worker.rq_worker import Slot, serve_slots, stop_on_signals
 from worker.runner import JobRunner
 
@@ -67,11 +67,12 @@ def run_worker(settings: WorkerSettings) -> None:
     )
     observer.loaded(info, engine.info)
     max_running = settings.limits(settings.model).max_running
-    publisher = RedisPublisher(control_redis)
+    publisher = BatchingPublisher(control_redis)
+    running = RunningJobs(control_redis, info.worker_id, settings.cancel_check_s)
     slots = []
-    leases: list[Lease] = []
+    leases: list[Lease] = [running]
     for index in range(engine.info.slots):
-        control = RedisJobControl(control_redis, info.worker_id, settings)
+        control = RedisJobControl(control_redis, info.worker_id, settings, running)
         # TOKENQ_MAX_RUNNING counts running jobs: one gate member per slot.
         gate = (
             RunGate(control_redis, settings.model, f"{info.worker_id}/{index}", max_running)
@@ -80,7 +81,8 @@ def run_worker(settings: WorkerSettings) -> None:
         )
         runner = JobRunner(engine, publisher, control, observer, settings.job_timeout_s)
         slots.append(Slot(index, runner, gate))
-        leases += [control] if gate is None else [control, gate]
+        if gate is not None:
+            leases.append(gate)
     stopping = threading.Event()
     handler = stop_on_signals(stopping)
     signal.signal(signal.SIGTERM, handler)
@@ -101,6 +103,7 @@ def run_worker(settings: WorkerSettings) -> None:
             settings.heartbeat_ttl_s,
             stopping,
         )
+    publisher.close()  # what the last jobs published is sent before the process exits
 
 
 def _check_engine(engine: Engine) -> None:

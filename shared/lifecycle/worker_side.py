@@ -1,11 +1,14 @@
 """The worker's side of a job's record, and the `max_running` gate.
 
-`RedisJobControl` is what the runner asks before and while it runs a job: may I start it
-(not cancelled, not expired, not a stale attempt), may I publish its first token (it was not
-given to another worker meanwhile), should I stop (cancelled), and records how it ended.
+`RedisJobControl` is what a slot's runner asks before and while it runs a job: may I start
+it (not cancelled, not expired, not a stale attempt), may I publish its first token (it was
+not given to another worker meanwhile), should I stop (cancelled), and records how it ended.
+`RunningJobs` holds a process's running jobs: their records are checked, and their leases
+renewed, together.
 """
 
 import logging
+import threading
 import time
 from enum import Enum
 
@@ -29,14 +32,77 @@ class StartDecision(Enum):
     SKIP = "skip"  # cancelled, or a stale attempt: not this worker's to answer
 
 
-class RedisJobControl:
-    def __init__(self, redis: Redis, worker_id: str, settings: WorkerSettings) -> None:
+class RunningJobs:
+    """The jobs running in one worker process, checked and leased together.
+
+    Every slot asks between tokens whether its job must stop; the records of all running jobs
+    are read in one round trip at most every `check_s`, and the heartbeat renews all their
+    leases in one.
+    """
+
+    def __init__(self, redis: Redis, worker_id: str, check_s: float) -> None:
         self._redis = redis
+        self._worker_id = worker_id
+        self._check_s = check_s
+        self._lock = threading.Lock()
+        self._jobs: dict[str, GenerationJob] = {}
+        self._stopping: set[str] = set()
+        self._checked_at = 0.0
+
+    def add(self, job: GenerationJob) -> None:
+        with self._lock:
+            self._jobs[job.id] = job
+
+    def remove(self, job: GenerationJob) -> None:
+        with self._lock:
+            self._jobs.pop(job.id, None)
+            self._stopping.discard(job.id)
+
+    def should_stop(self, job: GenerationJob) -> bool:
+        """Cancelled, or no longer this worker's (as last read, at most `check_s` ago)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked_at >= self._check_s:
+                self._checked_at = now
+                self._read()
+            return job.id in self._stopping
+
+    def _read(self) -> None:
+        ids = list(self._jobs)
+        if not ids:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(keys.job_record(job_id), ["status", "worker"])
+        mine = (JobStatus.RUNNING.encode(), self._worker_id.encode())
+        for job_id, (status, worker) in zip(ids, pipe.execute(), strict=True):
+            if (status, worker) != mine:
+                self._stopping.add(job_id)
+
+    def renew(self, redis: Redis, ttl_s: float) -> None:
+        """Heartbeat: extend every running job's lease (it stops counting as running else)."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        until = time.time() + ttl_s
+        for job in jobs:
+            redis.zadd(keys.running_jobs(job.model), {job.id: until}, xx=True)
+
+
+class RedisJobControl:
+    """One slot's control of the job it runs, through the job's record."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        worker_id: str,
+        settings: WorkerSettings,
+        running: RunningJobs | None = None,
+    ) -> None:
+        """`running`: the process's running jobs, shared by its slots (default: its own)."""
         self._worker_id = worker_id
         self._settings = settings
         self._scripts = WorkerScripts(redis)
-        self.current: GenerationJob | None = None  # read by the heartbeat thread
-        self._checked_at = 0.0
+        self.running = running or RunningJobs(redis, worker_id, settings.cancel_check_s)
 
     def begin(self, job: GenerationJob) -> StartDecision:
         now = time.time()
@@ -48,8 +114,7 @@ class RedisJobControl:
             ttl_s=self._settings.record_ttl_s,
         )
         if outcome == JobStatus.RUNNING:
-            self.current = job
-            self._checked_at = time.monotonic()
+            self.running.add(job)
             return StartDecision.RUN
         log.info("job %s attempt %d not run: %s", job.id, job.attempt, outcome)
         return StartDecision.EXPIRED if outcome == JobStatus.EXPIRED else StartDecision.SKIP
@@ -58,16 +123,10 @@ class RedisJobControl:
         return self._scripts.claim_output(job, self._worker_id)
 
     def should_stop(self, job: GenerationJob) -> bool:
-        """Cancelled, or no longer this worker's; asks Redis at most every `cancel_check_s`."""
-        now = time.monotonic()
-        if now - self._checked_at < self._settings.cancel_check_s:
-            return False
-        self._checked_at = now
-        status, worker = self._redis.hmget(keys.job_record(job.id), ["status", "worker"])
-        return status != JobStatus.RUNNING.encode() or worker != self._worker_id.encode()
+        return self.running.should_stop(job)
 
     def end(self, job: GenerationJob, terminal: TerminalEvent) -> bool:
-        self.current = None
+        self.running.remove(job)
         now = time.time()
         return self._scripts.end(
             job,
@@ -78,12 +137,6 @@ class RedisJobControl:
             window_start=now - self._settings.drain_window_s,
             ttl_s=self._settings.record_ttl_s,
         )
-
-    def renew(self, redis: Redis, ttl_s: float) -> None:
-        """Heartbeat: extend the running job's lease (it stops counting as running otherwise)."""
-        job = self.current
-        if job is not None:
-            redis.zadd(keys.running_jobs(job.model), {job.id: time.time() + ttl_s}, xx=True)
 
 
 class RunGate:

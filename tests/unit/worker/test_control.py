@@ -145,7 +145,7 @@ def test_the_heartbeat_renews_the_running_lease(redis: fakeredis.FakeRedis) -> N
     control = RedisJobControl(redis, "w1", WorkerSettings(model=MODEL))
     control.begin(job)
     before = redis.zscore(keys.running_jobs(MODEL), job.id)
-    control.renew(redis, ttl_s=100)
+    control.running.renew(redis, ttl_s=100)
     after = redis.zscore(keys.running_jobs(MODEL), job.id)
     assert before is not None and after is not None and after > before + 50
 
