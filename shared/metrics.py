@@ -265,6 +265,50 @@ class WorkerMetrics:
             label,
             registry=r,
         ).labels(model)
+        # The batched engine, per decode step (one llama_decode for every running sequence).
+        self.batch_size = Histogram(
+            "tokenq_worker_batch_size",
+            "Sequences decoded together in one step.",
+            label,
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+            registry=r,
+        ).labels(model)
+        self.step_prompt_tokens = Counter(
+            "tokenq_worker_step_prompt_tokens",
+            "Prompt tokens evaluated by decode steps (prefill chunks; reused prefixes excluded).",
+            label,
+            registry=r,
+        ).labels(model)
+        self.step_decode_tokens = Counter(
+            "tokenq_worker_step_decode_tokens",
+            "Tokens sampled by decode steps, all sequences together.",
+            label,
+            registry=r,
+        ).labels(model)
+        self.aggregate_decode_rate = Gauge(
+            "tokenq_worker_aggregate_decode_tokens_per_second",
+            "Tokens sampled per second over the last steps, all sequences together.",
+            label,
+            registry=r,
+        ).labels(model)
+        self.prefill_rate = Gauge(
+            "tokenq_worker_prefill_tokens_per_second",
+            "Prompt tokens evaluated per second of step time, over the last steps.",
+            label,
+            registry=r,
+        ).labels(model)
+        self.kv_cells_used = Gauge(
+            "tokenq_worker_kv_cells_used",
+            "KV cache cells holding tokens (running sequences and cached prefixes).",
+            label,
+            registry=r,
+        ).labels(model)
+        self.prefix_reused_tokens = Counter(
+            "tokenq_worker_prefix_reused_tokens",
+            "Prompt tokens found in the KV cache and not evaluated again.",
+            label,
+            registry=r,
+        ).labels(model)
         self.heartbeat = Gauge(
             "tokenq_worker_heartbeat_timestamp_seconds",
             "Unix time of the worker's last heartbeat written to Redis.",

@@ -31,6 +31,18 @@ class Sampled:
     end_of_generation: bool
 
 
+@dataclass(frozen=True)
+class StepStats:
+    """What one decode step of a batched engine did (for metrics)."""
+
+    sequences: int  # sequences in the batch (prefilling or decoding)
+    prompt_tokens: int  # prompt tokens evaluated (prefill chunks)
+    decoded_tokens: int  # tokens sampled
+    seconds: float  # the step's duration
+    kv_cells_used: int  # KV cache cells holding tokens after the step
+    reused_tokens: int = 0  # prompt tokens taken from cached prefixes by sequences started
+
+
 class EngineBusyError(RuntimeError):
     """No free slot."""
 

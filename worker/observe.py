@@ -7,6 +7,7 @@ loaded and the last heartbeat reached Redis within the heartbeat TTL).
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -18,7 +19,7 @@ from shared.events import TerminalEvent
 from shared.job import GenerationJob
 from shared.metrics import WorkerMetrics
 from shared.registry import WorkerInfo
-from worker.engine import EngineInfo
+from worker.engine import EngineInfo, StepStats
 
 log = logging.getLogger(__name__)
 jobs_log = logging.getLogger("tokenq.jobs")
@@ -34,6 +35,7 @@ class WorkerObserver:
         self._heartbeat_ttl_s = heartbeat_ttl_s
         self._last_heartbeat: float | None = None
         self._loaded = False
+        self._window = _StepWindow()
 
     def loaded(self, info: WorkerInfo, engine: EngineInfo) -> None:
         self.metrics.info.info(
@@ -59,6 +61,19 @@ class WorkerObserver:
     def ready(self) -> bool:
         beat = self._last_heartbeat
         return self._loaded and beat is not None and time.time() - beat < self._heartbeat_ttl_s
+
+    def step(self, stats: StepStats) -> None:
+        """One decode step of the batched engine (called from its thread)."""
+        metrics = self.metrics
+        metrics.batch_size.observe(stats.sequences)
+        metrics.step_prompt_tokens.inc(stats.prompt_tokens)
+        metrics.step_decode_tokens.inc(stats.decoded_tokens)
+        metrics.kv_cells_used.set(stats.kv_cells_used)
+        if stats.reused_tokens:
+            metrics.prefix_reused_tokens.inc(stats.reused_tokens)
+        decode_rate, prefill_rate = self._window.add(stats)
+        metrics.aggregate_decode_rate.set(decode_rate)
+        metrics.prefill_rate.set(prefill_rate)
 
     def started(self, job: GenerationJob) -> None:
         self.metrics.busy.start(job.id)
@@ -91,6 +106,27 @@ class WorkerObserver:
             )
         metrics.jobs.labels(metrics.model, outcome).inc()
         jobs_log.info("job finished", extra={"outcome": outcome, **fields})
+
+
+class _StepWindow:
+    """Token rates over the steps of the last `span_s` seconds."""
+
+    def __init__(self, span_s: float = 10.0) -> None:
+        self._span_s = span_s
+        self._steps: deque[tuple[float, StepStats]] = deque()
+
+    def add(self, stats: StepStats) -> tuple[float, float]:
+        """Decode tokens per wall second, prompt tokens per second of prefill step time."""
+        now = time.monotonic()
+        self._steps.append((now, stats))
+        while now - self._steps[0][0] > self._span_s:
+            self._steps.popleft()
+        first = self._steps[0][0] - self._steps[0][1].seconds
+        wall = max(now - first, 1e-9)
+        decoded = sum(s.decoded_tokens for _, s in self._steps)
+        prefill_s = sum(s.seconds for _, s in self._steps if s.prompt_tokens)
+        prompt = sum(s.prompt_tokens for _, s in self._steps)
+        return decoded / wall, (prompt / prefill_s if prefill_s > 0 else 0.0)
 
 
 class _Server(ThreadingMixIn, WSGIServer):
