@@ -1,5 +1,6 @@
 """Test doubles shared by the unit tests: a scripted engine and a recording publisher."""
 
+import threading
 from dataclasses import dataclass, field
 
 from api.tokenizers import Tokenizers
@@ -10,14 +11,27 @@ from worker.engine import EngineBusyError, EngineInfo, Sampled
 EOS = -1
 
 
+# How long a paused FakeEngine waits to be resumed before it fails its job.
+PAUSE_LIMIT_S = 30.0
+
+
 @dataclass
 class FakeEngine:
-    """Plays back `pieces` (bytes per token; EOS ends the sequence; an exception is raised)."""
+    """Plays back `pieces` (bytes per token; EOS ends the sequence; an exception is raised).
+
+    With `pause_at` set, the step that would produce piece number `pause_at` (0: the first)
+    waits until `resume` is set, with `paused` set meanwhile: a job caught mid-run, for a
+    test to act on (cancel it, drop its worker) while its worker thread is blocked.
+    """
 
     pieces: list[bytes | int | Exception]
     prompt_len: int = 4
     n_ctx: int = 64
     started_with: list[tuple[SamplingParams, int]] = field(default_factory=list)
+    pause_at: int | None = None
+    paused: threading.Event = field(default_factory=threading.Event)
+    resume: threading.Event = field(default_factory=threading.Event)
+    steps: int = 0  # calls of step(), over all jobs
     _position: int | None = None
 
     @property
@@ -36,6 +50,11 @@ class FakeEngine:
 
     def step(self) -> list[Sampled]:
         assert self._position is not None
+        self.steps += 1
+        if self._position == self.pause_at and not self.resume.is_set():
+            self.paused.set()
+            if not self.resume.wait(PAUSE_LIMIT_S):
+                raise TimeoutError(f"paused at piece {self.pause_at}; never resumed")
         piece = self.pieces[self._position] if self._position < len(self.pieces) else EOS
         self._position += 1
         if isinstance(piece, Exception):

@@ -17,6 +17,7 @@ import signal
 import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -91,18 +92,20 @@ def kill_to_error(api: ApiProcess, redis: RedisServer, logs: Path, runs: int) ->
     seconds = []
     for run in range(runs):
         worker = WorkerProcess(redis, DEFAULT_MODEL, logs / f"kill-{run}.log")
-        with httpx.stream("POST", f"{api.url}/v1/completions", json=LONG, timeout=60) as stream:
-            lines = (line for line in stream.iter_lines() if line.startswith("data: "))
-            next(lines)
-            worker.signal(signal.SIGKILL)
-            killed = time.perf_counter()
-            for line in lines:
-                if '"error"' in line:
-                    seconds.append(time.perf_counter() - killed)
-                    break
-            else:
-                raise AssertionError("the stream ended without an error event")
-        worker.stop()
+        try:
+            with httpx.stream("POST", f"{api.url}/v1/completions", json=LONG, timeout=60) as stream:
+                lines = (line for line in stream.iter_lines() if line.startswith("data: "))
+                next(lines)
+                worker.signal(signal.SIGKILL)
+                killed = time.perf_counter()
+                for line in lines:
+                    if '"error"' in line:
+                        seconds.append(time.perf_counter() - killed)
+                        break
+                else:
+                    raise AssertionError("the stream ended without an error event")
+        finally:
+            worker.stop()
     return {
         "runs": runs,
         "seconds": [round(s, 3) for s in seconds],
@@ -148,27 +151,26 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--disconnects", type=int, default=10)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    # Everything started is stopped, in reverse order, even when a later start fails.
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as started:
         logs = Path(tmp)
         redis = RedisServer(logs)
         redis.start()
+        started.callback(redis.stop)
         worker = WorkerProcess(redis, DEFAULT_MODEL, logs / "worker.log")
+        started.callback(worker.stop)
         api = ApiProcess(
             redis,
             logs / "api.log",
             {"TOKENQ_MODELS": DEFAULT_MODEL, "TOKENQ_MAX_QUEUED": str(MAX_QUEUED)},
         )
-        try:
-            figures = {
-                "429_latency": overload(api, redis, args.rejections),
-                "disconnect_to_worker_free": disconnect_to_free(api, redis, args.disconnects),
-            }
-            worker.stop()
-            figures["sigkill_to_client_error"] = kill_to_error(api, redis, logs, args.kills)
-        finally:
-            api.stop()
-            worker.stop()
-            redis.stop()
+        started.callback(api.stop)
+        figures = {
+            "429_latency": overload(api, redis, args.rejections),
+            "disconnect_to_worker_free": disconnect_to_free(api, redis, args.disconnects),
+        }
+        worker.stop()
+        figures["sigkill_to_client_error"] = kill_to_error(api, redis, logs, args.kills)
     print(json.dumps(figures, indent=2))
 
 

@@ -1,10 +1,12 @@
 """Integration fixtures: a real redis-server, a real worker with the real model, a real API.
 
 The session-wide stack is shared by the tests that only send requests; tests that kill or
-stop things start their own processes with the factories.
+stop things start their own processes with the factories. Every fixture stops what it started
+whatever happens after (a failed start-up of a later process included): see procs.py.
 """
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import ollama
@@ -13,7 +15,7 @@ from anthropic import Anthropic
 from openai import OpenAI
 
 from shared.settings import DEFAULT_MODEL
-from tests.integration.procs import ApiProcess, Process, RedisServer, WorkerProcess
+from tests.integration.procs import ApiProcess, Process, RedisServer, WorkerProcess, stop_all
 
 # A model the API knows (TOKENQ_MODELS) but no worker serves: requests for it get 503.
 UNSERVED_MODEL = "unserved-model"
@@ -26,8 +28,10 @@ SHORT_DEADLINE_S = 3.0
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +42,10 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def worker(redis_server: RedisServer, logs: Path) -> Iterator[WorkerProcess]:
     proc = WorkerProcess(redis_server, DEFAULT_MODEL, logs / "worker.log")
-    yield proc
-    proc.stop()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +53,10 @@ def api(redis_server: RedisServer, worker: WorkerProcess, logs: Path) -> Iterato
     proc = ApiProcess(
         redis_server, logs / "api.log", {"TOKENQ_MODELS": f"{DEFAULT_MODEL},{UNSERVED_MODEL}"}
     )
-    yield proc
-    proc.stop()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +65,12 @@ def limited_apis(
 ) -> Iterator[tuple[ApiProcess, ApiProcess]]:
     """Two more replicas on the session stack, each admitting at most LIMIT waiting jobs."""
     limits = {"TOKENQ_MODELS": DEFAULT_MODEL, "TOKENQ_MAX_QUEUED": str(LIMIT)}
-    first = ApiProcess(redis_server, logs / "api-limited-1.log", limits)
-    second = ApiProcess(redis_server, logs / "api-limited-2.log", limits)
-    yield first, second
-    first.stop()
-    second.stop()
+    with ExitStack() as started:  # the first is stopped even if the second fails to start
+        first = ApiProcess(redis_server, logs / "api-limited-1.log", limits)
+        started.callback(first.stop)
+        second = ApiProcess(redis_server, logs / "api-limited-2.log", limits)
+        started.callback(second.stop)
+        yield first, second
 
 
 @pytest.fixture
@@ -95,6 +104,7 @@ def spawn(redis_server: RedisServer, logs: Path) -> Iterator[Callable[..., Proce
         started.append(proc)
         return proc
 
-    yield start
-    for proc in started:
-        proc.stop()
+    try:
+        yield start
+    finally:
+        stop_all(started)

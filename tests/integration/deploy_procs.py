@@ -1,5 +1,8 @@
 """The deploy programs, started directly as docker-compose.yml starts them: nginx with the
-shipped template, Prometheus with the shipped config and alert rules, and locust."""
+shipped template, Prometheus with the shipped config and alert rules, and locust.
+
+As in procs.py, each runs as a process group of its own, stopped with a SIGKILL fallback, and
+one whose start-up wait fails is stopped before the error propagates."""
 
 import csv
 import os
@@ -14,7 +17,14 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.integration.procs import ROOT, free_port, wait_for
+from tests.integration.procs import (
+    ROOT,
+    free_port,
+    start_group,
+    stop_group,
+    stopped_on_failure,
+    wait_for,
+)
 
 DEPLOY = ROOT / "deploy"
 NGINX_TEMPLATE = DEPLOY / "nginx" / "templates" / "default.conf.template"
@@ -61,13 +71,14 @@ class Nginx:
         self.config = render_nginx(tmp, upstream, self.port)
         self.log = tmp / "nginx.log"
         self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
+        self.proc = start_group(
             [tool("nginx"), "-e", "stderr", "-p", str(tmp), "-c", str(self.config),
              "-g", "daemon off;"],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-        wait_for(self._healthy, 15, f"nginx ({self.log})")
+        with stopped_on_failure(self):
+            wait_for(self._healthy, 15, f"nginx ({self.log})")
 
     def _healthy(self) -> bool:
         assert self.proc.poll() is None, self.log.read_text()
@@ -77,9 +88,11 @@ class Nginx:
             return False
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self._log_file.close()
+        """SIGTERM (nginx's fast shutdown), SIGKILL to its master and worker after 10 s."""
+        try:
+            stop_group(self.proc, timeout_s=10)
+        finally:
+            self._log_file.close()
 
 
 def prometheus_test_config(tmp: Path, api: str, worker: str, port: int) -> Path:
@@ -106,7 +119,7 @@ class Prometheus:
         self.config = prometheus_test_config(tmp, api, worker, self.port)
         self.log = tmp / "prometheus.log"
         self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
+        self.proc = start_group(
             [
                 tool("prometheus"),
                 f"--config.file={self.config}",
@@ -117,7 +130,8 @@ class Prometheus:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self._ready, 30, f"prometheus ({self.log})")
+        with stopped_on_failure(self):
+            wait_for(self._ready, 30, f"prometheus ({self.log})")
 
     def _ready(self) -> bool:
         assert self.proc.poll() is None, self.log.read_text()
@@ -139,9 +153,11 @@ class Prometheus:
         return body["data"]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
-        self._log_file.close()
+        """SIGTERM, SIGKILL after 20 s. Safe to call again."""
+        try:
+            stop_group(self.proc, timeout_s=20)
+        finally:
+            self._log_file.close()
 
 
 @dataclass

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from redis import Redis
-from redis.exceptions import RedisError
 
 from tests.integration.deploy_procs import (
     ALERT_RULES,
@@ -17,7 +15,7 @@ from tests.integration.deploy_procs import (
     render_nginx,
     tool,
 )
-from tests.integration.procs import ROOT, free_port, wait_for
+from tests.integration.procs import ROOT, RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -42,29 +40,23 @@ def test_promtool_accepts_the_config_and_the_rules(tmp_path: Path) -> None:
 
 
 def test_redis_persists_with_the_compose_arguments(tmp_path: Path) -> None:
+    """Written with the compose service's arguments, killed (no shutdown save: only the
+    append-only file can bring the data back), started again on the same directory (its
+    volume): the data is back."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     command = compose["services"]["redis"]["command"]
-    port = free_port()
-    proc = subprocess.Popen(
-        [tool(command[0]), *command[1:], "--port", str(port), "--bind", "127.0.0.1",
-         "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    assert command[0] == "redis-server"
+    server = RedisServer(tmp_path, command[1:])
+    server.start()
     try:
-        redis = Redis(port=port)
-        wait_for(lambda: _answers(redis), 10, "redis-server")
+        redis = server.client()
         assert redis.config_get("appendonly") == {"appendonly": "yes"}
         redis.set("tokenq:probe", "1")
         time.sleep(0.1)
         written = [p for p in tmp_path.rglob("*.aof") if p.stat().st_size > 0]
         assert written, list(tmp_path.rglob("*"))
+        server.kill()
+        server.start()
+        assert server.client().get("tokenq:probe") == b"1"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _answers(redis: Redis) -> bool:
-    try:
-        return bool(redis.ping())
-    except RedisError:
-        return False
+        server.stop()

@@ -1,11 +1,12 @@
 """Failures against a stack of its own (its Redis is stopped, its workers killed):
 SIGKILL before and after the first token, SIGTERM drains, a Redis restart.
 
-The tests run in file order and share the module's Redis, API and worker pool.
+The tests share the module's Redis, API and worker pool, and none depends on another's
+outcome: each takes a live worker from the pool (starting one if a test before it killed
+them all), and the Redis restart test brings Redis back up whatever happens to it.
 """
 
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,13 @@ from shared import keys
 from shared.lifecycle import JobStatus
 from shared.settings import DEFAULT_MODEL
 from tests.integration.clients import LONG, record, sse, wait_until
-from tests.integration.procs import ApiProcess, RedisServer, WorkerProcess
+from tests.integration.procs import (
+    ApiProcess,
+    RedisServer,
+    WorkerProcess,
+    stop_all,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +50,12 @@ class Pool:
         return worker
 
     def live(self) -> WorkerProcess:
+        """A running worker, registered (again, if Redis restarted since it last beat)."""
         alive = [w for w in self.started if w.proc.poll() is None]
-        return alive[0] if alive else self.start()
+        if not alive:
+            return self.start()
+        wait_for(lambda: alive[0].registered(self.redis), 30, "the worker to register again")
+        return alive[0]
 
     def only(self, worker: WorkerProcess) -> None:
         """Stop every other worker, so that `worker` gets the next job."""
@@ -57,19 +68,24 @@ class Pool:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, Pool]]:
     redis = RedisServer(tmp_path_factory.mktemp("fault-redis"))
     redis.start()
-    pool = Pool(redis, tmp_path_factory.mktemp("fault-logs"))
-    yield redis, pool
-    for worker in pool.started:
-        worker.stop()
-    redis.stop()
+    try:
+        pool = Pool(redis, tmp_path_factory.mktemp("fault-logs"))
+        try:
+            yield redis, pool
+        finally:
+            stop_all(pool.started)
+    finally:
+        redis.stop()
 
 
 @pytest.fixture(scope="module")
 def fault_api(stack: tuple[RedisServer, Pool]) -> Iterator[ApiProcess]:
     redis, pool = stack
     api = ApiProcess(redis, pool.logs / "fault-api.log", {"TOKENQ_MODELS": DEFAULT_MODEL})
-    yield api
-    api.stop()
+    try:
+        yield api
+    finally:
+        api.stop()
 
 
 def client(api: ApiProcess) -> OpenAI:
@@ -184,29 +200,35 @@ def test_redis_restart_ends_open_streams_and_everything_recovers(
 ) -> None:
     redis, pool = stack
     worker = pool.live()
-    with httpx.stream("POST", f"{fault_api.url}/v1/completions", json=LONG, timeout=60) as stream:
-        lines = (line for line in stream.iter_lines() if line)
-        next(lines)
+    try:
+        with httpx.stream(
+            "POST", f"{fault_api.url}/v1/completions", json=LONG, timeout=60
+        ) as stream:
+            lines = (line for line in stream.iter_lines() if line)
+            next(lines)
+            redis.stop()
+            stopped_at = time.monotonic()
+            rest = list(lines)
+        assert time.monotonic() - stopped_at < ERROR_WITHIN_S
+        assert '"code":"backend_unavailable"' in rest[-2] and rest[-1] == "data: [DONE]"
+
+        assert httpx.get(f"{fault_api.url}/readyz").status_code == 503
+        refused = httpx.post(f"{fault_api.url}/v1/completions", json={**LONG, "stream": False})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "backend_unavailable"
+
+        redis.start()
+        _answers_again(fault_api)
+        # Once more, with the worker idle (blocked waiting for a job) when Redis goes.
         redis.stop()
-        stopped_at = time.monotonic()
-        rest = list(lines)
-    assert time.monotonic() - stopped_at < ERROR_WITHIN_S
-    assert '"code":"backend_unavailable"' in rest[-2] and rest[-1] == "data: [DONE]"
-
-    assert httpx.get(f"{fault_api.url}/readyz").status_code == 503
-    refused = httpx.post(f"{fault_api.url}/v1/completions", json={**LONG, "stream": False})
-    assert refused.status_code == 503
-    assert refused.json()["error"]["code"] == "backend_unavailable"
-
-    redis.start()
-    _answers_again(fault_api)
-    # Once more, with the worker idle (blocked waiting for a job) when Redis goes.
-    redis.stop()
-    time.sleep(1.0)
-    redis.start()
-    _answers_again(fault_api)
-    # The same processes recovered: nothing was restarted.
-    assert worker.proc.poll() is None and fault_api.proc.poll() is None
+        time.sleep(1.0)
+        redis.start()
+        _answers_again(fault_api)
+        # The same processes recovered: nothing was restarted.
+        assert worker.proc.poll() is None and fault_api.proc.poll() is None
+    finally:
+        if not redis.running:  # failed while Redis was down: the next test needs it up
+            redis.start()
 
 
 def _answers_again(api: ApiProcess) -> None:
@@ -223,19 +245,19 @@ def test_api_sigterm_lets_open_streams_finish(
     redis, pool = stack
     pool.live()
     leaving = ApiProcess(redis, pool.logs / "fault-api-leaving.log")
-    body = {**LONG, "max_tokens": 40}
-    with httpx.stream("POST", f"{leaving.url}/v1/completions", json=body, timeout=60) as stream:
-        events = sse(stream)
-        next(events)
-        leaving.signal(signal.SIGTERM)
-        wait_until(lambda: _refused(leaving.url), 10, "the API to stop accepting", 0.05)
-        rest = list(events)
-    assert rest[-1]["choices"][0]["finish_reason"] == "length"
-    try:  # uvicorn exits with the signal it got once it has shut down cleanly
+    try:
+        body = {**LONG, "max_tokens": 40}
+        with httpx.stream("POST", f"{leaving.url}/v1/completions", json=body, timeout=60) as stream:
+            events = sse(stream)
+            next(events)
+            leaving.signal(signal.SIGTERM)
+            wait_until(lambda: _refused(leaving.url), 10, "the API to stop accepting", 0.05)
+            rest = list(events)
+        assert rest[-1]["choices"][0]["finish_reason"] == "length"
+        # uvicorn exits with the signal it got once it has shut down cleanly
         assert leaving.proc.wait(timeout=30) in (0, -signal.SIGTERM)
-    except subprocess.TimeoutExpired:
-        leaving.stop()
-        raise
+    finally:
+        leaving.stop()  # whatever happened: a no-op once it has exited
 
 
 def _refused(url: str) -> bool:

@@ -46,15 +46,19 @@ RATE_WINDOW = "1m"  # what the test puts in place of Grafana's $__rate_interval
 def multi_api(redis_server: RedisServer, worker: WorkerProcess, logs: Path) -> Iterator[ApiProcess]:
     env = {"TOKENQ_MODELS": f"{DEFAULT_MODEL},{UNSERVED_MODEL}"}
     proc = ApiProcess(redis_server, logs / "api-multi.log", env, "--workers", "2")
-    yield proc
-    proc.stop()
+    try:
+        yield proc
+    finally:
+        proc.stop()  # its process group: uvicorn's worker processes too
 
 
 @pytest.fixture(scope="module")
 def nginx(multi_api: ApiProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     proc = Nginx(tmp_path_factory.mktemp("nginx"), f"127.0.0.1:{multi_api.port}")
-    yield proc
-    proc.stop()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +74,11 @@ def prometheus(
     def all_up() -> bool:
         return len(prom.query("up == 1")) == 3
 
-    wait_for(all_up, 30, "prometheus to scrape the API, the worker and itself")
-    yield prom
-    prom.stop()
+    try:  # stopped even when its targets never come up
+        wait_for(all_up, 30, "prometheus to scrape the API, the worker and itself")
+        yield prom
+    finally:
+        prom.stop()
 
 
 def served_flavours(url: str) -> list[str]:

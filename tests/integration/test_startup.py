@@ -34,8 +34,11 @@ def damaged_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def ended(proc: Process, timeout_s: float) -> int:
-    wait_for(lambda: proc.proc.poll() is not None, timeout_s, f"{proc.log.name} to exit")
-    proc.stop()
+    """Its exit status once it exits by itself; stopped (and the wait's error raised) if not."""
+    try:
+        wait_for(lambda: proc.proc.poll() is not None, timeout_s, f"{proc.log.name} to exit")
+    finally:
+        proc.stop()
     return proc.proc.returncode
 
 
@@ -68,8 +71,10 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """`tokenq up` gets a Redis of its own: its worker never takes the session's jobs."""
     server = RedisServer(tmp_path)
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def start_up(redis: RedisServer, log: Path, model: str, **env: str) -> Process:

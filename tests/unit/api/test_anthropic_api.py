@@ -217,6 +217,8 @@ async def test_context_overflow_is_400_before_the_stream(harness: Harness) -> No
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert "context" in response.json()["error"]["message"]
+    # The API refused it itself: it never admitted a job (which the worker would refuse too).
+    assert harness.recorded_jobs() == []
 
 
 async def test_worker_failure_mid_stream_is_an_error_event(harness: Harness) -> None:

@@ -1,25 +1,25 @@
 """API metrics over fakeredis: request counters, rejections by reason, latency histograms,
 the queue state read at scrape time, and X-Request-ID."""
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from starlette.responses import StreamingResponse
 from starlette.types import Message
 
 from api import submit
-from api.observe import RequestObservation, UntilSent
+from api.observe import RequestObservation
 from shared import keys, registry
-from shared.events import DoneEvent, FinishReason, Timings, TokenEvent, Usage
+from shared.events import DoneEvent, FinishReason, Timings, Usage
 from shared.job import Flavour, GenerationJob
 from shared.metrics import ApiMetrics
+from shared.queues import model_queue
 from shared.settings import Settings
-from tests.unit.api.harness import MODEL, Harness
+from tests.unit.api.harness import MODEL, Harness, until
 from tests.unit.api.test_openai_api import CHAT
 
 
@@ -171,14 +171,9 @@ async def test_request_id_is_made_up_when_missing_or_unusable(harness: Harness) 
 
 
 @pytest.mark.parametrize("cut_at", [0, 2], ids=["before-the-body", "mid-stream"])
-async def test_a_stream_cut_short_is_a_cancellation(cut_at: int) -> None:
-    metrics = ApiMetrics()
-    observation = RequestObservation(metrics, Flavour.OPENAI, counted=True)
-
-    async def body() -> AsyncIterator[bytes]:
-        for _ in range(10):
-            observation.event(TokenEvent(index=0, text="x"))
-            yield b"frame"
+async def test_a_stream_cut_short_is_a_cancellation(harness: Harness, cut_at: int) -> None:
+    """Through the app's own route: its streamed response closes the request's observation
+    once sent, or once sending failed, with the status the stream had come to."""
 
     sent: list[Message] = []
 
@@ -187,19 +182,16 @@ async def test_a_stream_cut_short_is_a_cancellation(cut_at: int) -> None:
             raise anyio.get_cancelled_exc_class()
         sent.append(message)
 
-    async def receive() -> Message:
-        await anyio.sleep_forever()
-        raise AssertionError
-
-    response = UntilSent(
-        StreamingResponse(body()), lambda: observation.close(200 if observation.terminal else 499)
+    request = asyncio.create_task(
+        harness.asgi("/v1/chat/completions", {**CHAT, "stream": True}, send=send)
     )
+    await until(lambda: model_queue(harness.redis, MODEL).count, "the job to be queued")
+    harness.work()  # all its events are published before the response starts
     with pytest.raises(anyio.get_cancelled_exc_class()):
-        await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
-    get = metrics.registry.get_sample_value
-    assert get("tokenq_request_cancellations_total", {"model": "", "flavour": "openai"}) == 1
-    assert get("tokenq_requests_total", {"model": "", "flavour": "openai", "status": "499"}) == 1
-    assert get("tokenq_requests_in_flight", {"flavour": "openai"}) == 0
+        await request
+    assert value(harness, "tokenq_request_cancellations_total", model=MODEL, flavour="openai") == 1
+    assert value(harness, "tokenq_requests_total", model=MODEL, flavour="openai", status="499") == 1
+    assert value(harness, "tokenq_requests_in_flight", flavour="openai") == 0
 
 
 def test_done_event_feeds_queue_time_and_tokens() -> None:

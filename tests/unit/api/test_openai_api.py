@@ -65,6 +65,8 @@ async def test_context_overflow_is_400_before_streaming(harness: Harness) -> Non
     response = await harness.call("/v1/chat/completions", body)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "context_length_exceeded"
+    # The API refused it itself: it never admitted a job (which the worker would refuse too).
+    assert harness.recorded_jobs() == []
 
 
 async def test_unknown_model_is_404(harness: Harness) -> None:

@@ -6,6 +6,7 @@ import gguf
 import numpy as np
 import pytest
 
+from shared import registry
 from shared.model_facts import ModelFacts, describe, parameter_size, read_facts
 from shared.registry import WorkerInfo
 from tests.unit.api.harness import FACTS
@@ -40,12 +41,18 @@ def test_facts_survive_the_registry_round_trip_with_their_types() -> None:
     assert again.facts.chat_template == FACTS.metadata["tokenizer.chat_template"]
 
 
-def test_a_worker_without_facts_still_registers() -> None:
+async def test_a_worker_without_facts_still_registers() -> None:
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeRedis(server=server)
     info = WorkerInfo(
         worker_id="w", model="m", n_ctx=1, backend="cpu", gguf="g", started_at=0, pid=1
     )
     assert info.facts is None
-    assert isinstance(FACTS, ModelFacts)
+    registry.heartbeat(redis, info, ttl_s=60)
+    # Every reader of the registry sees it, facts and all (none).
+    assert registry.live_workers_now(redis, "m") == [info]
+    assert await registry.live_workers(fakeredis.FakeAsyncRedis(server=server), "m") == [info]
+    assert await registry.registered_models(fakeredis.FakeAsyncRedis(server=server)) == {"m"}
 
 
 def write_gguf(path: Path) -> Path:
