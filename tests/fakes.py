@@ -61,10 +61,16 @@ class RecordingPublisher:
 
 
 class FakeTokenizers(Tokenizers):
-    """Counts every prompt as `prompt_len` tokens, as FakeEngine does."""
+    """Counts every prompt as `prompt_len` tokens, as FakeEngine does.
+
+    Its text is encoded as UTF-8 first, as the real tokenizer does: text it cannot encode
+    fails here as it would there.
+    """
 
     def __init__(self, prompt_len: int) -> None:
         self.prompt_len = prompt_len
 
     async def count(self, job: GenerationJob) -> int:
+        for text in [job.prompt or "", *(m.content for m in job.messages or [])]:
+            text.encode("utf-8")
         return self.prompt_len
