@@ -25,9 +25,12 @@ class FakeEngine:
         return EngineInfo(n_ctx=self.n_ctx, backend="cpu", slots=1, load_seconds=0.0)
 
     def prompt_tokens(self, job: GenerationJob) -> list[int]:
+        if job.prompt == "":  # raw text with nothing in it: no tokens, as llama.cpp
+            return []
         return list(range(self.prompt_len))
 
     def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
+        assert prompt, "llama.cpp cannot evaluate an empty prompt"
         if self._position is not None:
             raise EngineBusyError("busy")
         self.started_with.append((sampling, seed))
