@@ -113,11 +113,17 @@ class WorkerError(ApiError):
     status, kind, code = 502, ErrorKind.INTERNAL, "worker_error"
 
 
+class WorkerLostError(WorkerError):
+    """The worker running the job died or fell silent, and the job could not run again."""
+
+    code = "worker_lost"
+
+
 _FROM_EVENT: dict[ErrorCode, type[ApiError]] = {
     ErrorCode.CONTEXT_LENGTH_EXCEEDED: ContextLengthExceededError,
     ErrorCode.INVALID_REQUEST: InvalidRequestError,
     ErrorCode.DEADLINE_EXCEEDED: DeadlineExceededError,
-    ErrorCode.WORKER_LOST: WorkerError,
+    ErrorCode.WORKER_LOST: WorkerLostError,
     ErrorCode.CANCELLED: JobCancelledError,
     ErrorCode.BACKEND_UNAVAILABLE: BackendUnavailableError,
     ErrorCode.INTERNAL: WorkerError,

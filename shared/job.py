@@ -1,11 +1,53 @@
-"""The neutral generation job: every API flavour converts its request into one of these."""
+"""The neutral generation job: every API flavour converts its request into one of these.
+
+Every limit on a request's content lives here, once (as vLLM's `SamplingParams` holds them):
+the flavours only map their field names onto these and name their own parameter in the 400
+(api/wire.py). The worker validates the same model when it reads a job.
+"""
 
 import time
 import uuid
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+# Stop strings are matched against the output after every token (worker/stops.py), at a cost
+# that grows with their number and length: 16 of 256 characters cost at worst ~0.15 ms a
+# token, against the ~18 ms that 20,000 unbounded ones cost. OpenAI allows 4, vLLM any.
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256
+# llama.cpp takes the seed as a uint32 whose all-ones value means "random", and top_k as an
+# int32 (any value beyond the vocabulary is the same as none).
+MAX_SEED = 2**32 - 2
+MAX_TOP_K = 2**31 - 1
+
+
+def _unicode(value: object) -> object:
+    # JSON's \ud800 escapes can carry an unpaired surrogate, which is no character: the
+    # tokenizer, Redis and every response encode text as UTF-8 and cannot encode one.
+    # Checked before the length, whose own refusal of one does not say what is wrong.
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"the text is not valid Unicode: an unpaired surrogate at character {exc.start}"
+            ) from None
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_unicode)]
+"""A string that is valid Unicode text (encodable as UTF-8)."""
+
+NonEmptyText = Annotated[str, Field(min_length=1), BeforeValidator(_unicode)]
+
+ModelName = NonEmptyText
+"""A model's name as requests give it."""
+
+StopString = Annotated[
+    str, Field(min_length=1, max_length=MAX_STOP_LENGTH), BeforeValidator(_unicode)
+]
 
 
 class Flavour(StrEnum):
@@ -17,27 +59,38 @@ class Flavour(StrEnum):
 
 
 class ChatMessage(BaseModel):
-    """One turn of a conversation, already reduced to plain text."""
+    """One turn of a conversation, already reduced to plain text.
+
+    Its text is checked by the job that holds it, so that an error names the message.
+    """
 
     role: Literal["system", "user", "assistant"]
     content: str
 
 
+def _readable(message: ChatMessage) -> ChatMessage:
+    _unicode(message.content)
+    return message
+
+
 class SamplingParams(BaseModel):
     """How to pick tokens. `temperature == 0` means greedy."""
+
+    # A non-finite number (JSON's 1e999 parses as infinity) would not survive the job's JSON.
+    model_config = ConfigDict(allow_inf_nan=False)
 
     max_tokens: int | None = Field(
         default=None, ge=1, description="Tokens to generate at most; None fills the context."
     )
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0, description="0 disables top-k.")
+    top_k: int = Field(default=0, ge=0, le=MAX_TOP_K, description="0 disables top-k.")
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repeat_penalty: float = Field(default=1.0, gt=0.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    seed: int | None = None
-    stop: list[str] = Field(default_factory=list)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="None: random.")
+    stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
 
 
 def new_job_id() -> str:
@@ -48,15 +101,18 @@ class GenerationJob(BaseModel):
     """One generation request, independent of the API flavour it arrived through.
 
     Exactly one of `messages` (chat, rendered with the model's own template) and `prompt`
-    (raw text, fed as is) is set. With `continue_final_message` the last message is an
-    assistant turn left open: the model continues its text (Anthropic's and Ollama's prefill).
+    (raw text, fed as is) is set, and neither is empty: the worker never gets nothing to
+    evaluate. With `continue_final_message` the last message is an assistant turn left open:
+    the model continues its text (Anthropic's and Ollama's prefill).
     """
 
     id: str = Field(default_factory=new_job_id)
-    model: str
-    messages: list[ChatMessage] | None = None
+    model: ModelName
+    messages: list[Annotated[ChatMessage, AfterValidator(_readable)]] | None = Field(
+        default=None, min_length=1
+    )
     continue_final_message: bool = False
-    prompt: str | None = None
+    prompt: NonEmptyText | None = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     stream: bool = False
     flavour: Flavour
@@ -70,10 +126,12 @@ class GenerationJob(BaseModel):
         description="A context smaller than the worker's for this job (Ollama's num_ctx).",
     )
 
-    def model_post_init(self, _context: object) -> None:
+    @model_validator(mode="after")
+    def _one_prompt(self) -> Self:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("a job has exactly one of messages and prompt")
         if self.continue_final_message and (
             not self.messages or self.messages[-1].role != "assistant"
         ):
             raise ValueError("only a final assistant message can be continued")
+        return self

@@ -39,9 +39,12 @@ class FakeEngine:
         return EngineInfo(n_ctx=self.n_ctx, backend="cpu", slots=1, load_seconds=0.0)
 
     def prompt_tokens(self, job: GenerationJob) -> list[int]:
+        if job.prompt == "":  # raw text with nothing in it: no tokens, as llama.cpp
+            return []
         return list(range(self.prompt_len))
 
     def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
+        assert prompt, "llama.cpp cannot evaluate an empty prompt"
         if self._position is not None:
             raise EngineBusyError("busy")
         self.started_with.append((sampling, seed))
@@ -80,10 +83,16 @@ class RecordingPublisher:
 
 
 class FakeTokenizers(Tokenizers):
-    """Counts every prompt as `prompt_len` tokens, as FakeEngine does."""
+    """Counts every prompt as `prompt_len` tokens, as FakeEngine does.
+
+    Its text is encoded as UTF-8 first, as the real tokenizer does: text it cannot encode
+    fails here as it would there.
+    """
 
     def __init__(self, prompt_len: int) -> None:
         self.prompt_len = prompt_len
 
     async def count(self, job: GenerationJob, n_ctx: int | None = None) -> int:
+        for text in [job.prompt or "", *(m.content for m in job.messages or [])]:
+            text.encode("utf-8")
         return self.prompt_len

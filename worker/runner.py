@@ -170,6 +170,8 @@ class JobRunner:
         if started > job.deadline:
             raise JobError(ErrorCode.DEADLINE_EXCEEDED, "the job waited past its deadline")
         prompt = self.engine.prompt_tokens(job)
+        if not prompt:  # jobs never hold empty text, but a chat template may render nothing
+            raise JobError(ErrorCode.INVALID_REQUEST, "the prompt is empty: nothing to evaluate")
         max_tokens = self._max_tokens(job, len(prompt))
         seed = job.sampling.seed if job.sampling.seed is not None else random.getrandbits(32)
         output = _TextOutput(

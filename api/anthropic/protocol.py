@@ -1,25 +1,23 @@
 """Anthropic Messages API wire types. Requests forbid unknown fields: what is not honoured is
-refused with a 400 naming it, rather than silently ignored."""
+refused with a 400 naming it, rather than silently ignored. Ranges and caps are the neutral
+job's (shared/job.py); these models only map the fields."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.job import ChatMessage, Flavour, GenerationJob, SamplingParams
+from api.wire import JobRequest, WireModel
+from shared.job import ChatMessage, Flavour, GenerationJob, ModelName, SamplingParams
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CacheControl(_Strict):
+class CacheControl(WireModel):
     """A prompt-caching hint; accepted and without effect (nothing is cached across jobs)."""
 
     type: Literal["ephemeral"]
     ttl: str | None = None
 
 
-class TextBlockParam(_Strict):
+class TextBlockParam(WireModel):
     type: Literal["text"]
     text: str
     cache_control: CacheControl | None = None
@@ -33,7 +31,7 @@ class TextBlockParam(_Strict):
         return value
 
 
-class _RefusedBlock(_Strict):
+class _RefusedBlock(WireModel):
     """A block kind the model cannot read; refused with a clear message."""
 
     model_config = ConfigDict(extra="allow")
@@ -66,7 +64,7 @@ def _text(blocks: list[Any]) -> str:
     return "".join(block.text for block in blocks if isinstance(block, TextBlockParam))
 
 
-class MessageParam(_Strict):
+class MessageParam(WireModel):
     role: Literal["user", "assistant"]
     content: list[ContentBlockParam]
 
@@ -77,11 +75,11 @@ class MessageParam(_Strict):
         return _text(self.content)
 
 
-class Metadata(_Strict):
+class Metadata(WireModel):
     user_id: str | None = None
 
 
-class ThinkingConfig(_Strict):
+class ThinkingConfig(WireModel):
     type: str
     budget_tokens: int | None = None
 
@@ -93,10 +91,13 @@ class ThinkingConfig(_Strict):
         return value
 
 
-class _Conversation(_Strict):
+class _Conversation(JobRequest):
     """What both /v1/messages and /v1/messages/count_tokens turn into a prompt."""
 
-    model: str = Field(min_length=1)
+    sampling_names: ClassVar[dict[str, str]] = {"stop": "stop_sequences"}
+
+    model: ModelName
+    # Anthropic's own rule: the system prompt, a field of its own here, is no conversation.
     messages: list[MessageParam] = Field(min_length=1)
     system: list[TextBlockParam] | None = None
     thinking: ThinkingConfig | None = None
@@ -110,10 +111,19 @@ class _Conversation(_Strict):
             raise ValueError("final assistant content cannot end with trailing whitespace")
         return self
 
+    @property
+    def system_text(self) -> str:
+        return _text(self.system or [])  # an empty system prompt is none
+
     def chat_messages(self) -> list[ChatMessage]:
-        system = _text(self.system or [])  # an empty system prompt is none
         turns = [ChatMessage(role=m.role, content=m.text) for m in self.messages]
+        system = self.system_text
         return [ChatMessage(role="system", content=system), *turns] if system else turns
+
+    def message_param(self, index: int) -> str:
+        if self.system_text:  # the job's first message is the system prompt
+            return "system" if index == 0 else f"messages.{index - 1}.content"
+        return super().message_param(index)
 
     def _job(
         self, sampling: SamplingParams, stream: bool, deadline: float, request_id: str | None
@@ -132,28 +142,23 @@ class _Conversation(_Strict):
 
 
 class CountTokensRequest(_Conversation):
-    def to_job(self, deadline: float) -> GenerationJob:
+    def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
         """The job this conversation would be: counted, never enqueued."""
-        return self._job(SamplingParams(), False, deadline, None)
+        return self._job(SamplingParams(), False, deadline, request_id)
 
 
 class MessagesRequest(_Conversation):
-    max_tokens: int = Field(ge=1)
+    max_tokens: int
     stop_sequences: list[str] | None = None
-    temperature: float = Field(default=1.0, ge=0.0, le=1.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
+    # Anthropic documents 0-1, narrower than the job's 0-2: a client written for Anthropic
+    # expects its own range to be enforced.
+    temperature: float = Field(default=1.0, le=1.0)
+    top_p: float | None = None
+    top_k: int | None = None
     metadata: Metadata | None = None
     stream: bool = False
 
-    @field_validator("stop_sequences")
-    @classmethod
-    def _stops(cls, value: list[str] | None) -> list[str] | None:
-        if value and any(not s for s in value):
-            raise ValueError("stop sequences must not be empty")
-        return value
-
-    def to_job(self, deadline: float, request_id: str | None = None) -> GenerationJob:
+    def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
         sampling = SamplingParams(
             max_tokens=self.max_tokens,
             temperature=self.temperature,

@@ -5,9 +5,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, model_validator
 
 from api.ollama.protocol import Options, model_name
+from api.wire import WireModel
+from shared.job import Text
 from shared.model_facts import MetadataValue, ModelFacts, parameter_size
 from shared.registry import WorkerInfo
 
@@ -66,11 +68,9 @@ class PsResponse(BaseModel):
     models: list[RunningModel]
 
 
-class ShowRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = None
-    name: str | None = None  # what older clients send instead of `model`
+class ShowRequest(WireModel):
+    model: Text | None = None
+    name: Text | None = None  # what older clients send instead of `model`
     verbose: bool = False
 
     @model_validator(mode="after")

@@ -2,14 +2,16 @@
 
 Requests forbid unknown fields, and fields Ollama has but tokenq cannot honour are refused
 with a 400 naming them unless they are at a value that changes nothing. Sampling defaults are
-Ollama's own, so a request without options behaves as it would against Ollama.
+Ollama's own, so a request without options behaves as it would against Ollama; their ranges
+and caps are the neutral job's (shared/job.py).
 """
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from shared.job import ChatMessage, Flavour, GenerationJob, SamplingParams
+from api.wire import JobRequest, WireModel
+from shared.job import ChatMessage, Flavour, GenerationJob, ModelName, SamplingParams
 
 _REFUSED = {
     "suffix": "fill-in-the-middle (suffix) is not supported",
@@ -60,23 +62,19 @@ def model_name(name: str) -> str:
     return name.removesuffix(":latest")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Options(_Strict):
+class Options(WireModel):
     """Ollama's `options`, with Ollama's defaults."""
 
     num_predict: int | None = Field(default=None, description="<= 0: until the context is full.")
-    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
-    top_k: int = Field(default=40, ge=0)
-    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
-    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
     seed: int | None = Field(default=None, description="Negative: random.")
     stop: list[str] | None = None
-    repeat_penalty: float = Field(default=1.1, gt=0.0)
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repeat_penalty: float = 1.1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     num_ctx: int | None = Field(default=None, ge=1, description="At most the worker's context.")
     repeat_last_n: int = PENALTY_WINDOW
     # Accepted without effect. num_keep is only used when Ollama shifts a full context, which
@@ -101,13 +99,6 @@ class Options(_Strict):
                 "flags), not per request"
             )
         return {k: v for k, v in data.items() if v is not None}  # null means the default
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: list[str] | None) -> list[str] | None:
-        if value and any(not s for s in value):
-            raise ValueError("stop strings must not be empty")
-        return value
 
     @field_validator("repeat_last_n")
     @classmethod
@@ -147,8 +138,8 @@ class Options(_Strict):
         )
 
 
-class _Request(_Strict):
-    model: str = Field(min_length=1)
+class _Request(JobRequest):
+    model: ModelName
     stream: bool = True
     format: str | dict[str, Any] | None = None
     options: Options = Field(default_factory=Options)
@@ -165,6 +156,9 @@ class _Request(_Strict):
     def target(self) -> str:
         """The tokenq model the request is for."""
         return model_name(self.model)
+
+    def sampling_param(self, field: str) -> str:
+        return f"options.{'num_predict' if field == 'max_tokens' else field}"
 
     def _job(
         self,
@@ -204,7 +198,10 @@ class GenerateRequest(_Request):
             raise ValueError("system cannot be applied to a raw prompt (raw skips the template)")
         return self
 
-    def to_job(self, deadline: float, request_id: str | None = None) -> GenerationJob:
+    def message_param(self, index: int) -> str:
+        return "system" if self.system and index == 0 else "prompt"
+
+    def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
         if self.raw:
             return self._job(deadline, request_id, prompt=self.prompt or "")
         system = [ChatMessage(role="system", content=self.system)] if self.system else []
@@ -212,7 +209,7 @@ class GenerateRequest(_Request):
         return self._job(deadline, request_id, messages=[*system, user])
 
 
-class Message(_Strict):
+class Message(WireModel):
     role: Literal["system", "user", "assistant"]
     content: str = ""
     images: list[str] | None = None
@@ -228,7 +225,7 @@ class ChatRequest(_Request):
 
     _refused_here = field_validator("tools")(_refuse_if_set)
 
-    def to_job(self, deadline: float, request_id: str | None = None) -> GenerationJob:
+    def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
         # A final assistant message is continued, as Ollama's templates leave it open.
         messages = [ChatMessage(role=m.role, content=m.content) for m in self.messages]
         return self._job(deadline, request_id, messages=messages)

@@ -1,23 +1,23 @@
-"""OpenAI wire types. Requests forbid unknown fields: what is not honoured is refused."""
+"""OpenAI wire types. Requests forbid unknown fields: what is not honoured is refused.
+
+Ranges and caps are the neutral job's (shared/job.py); these models only map the fields.
+"""
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, Field, field_validator, model_serializer
 
-from shared.job import ChatMessage, Flavour, GenerationJob, SamplingParams
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from api.wire import JobRequest, WireModel
+from shared.job import ChatMessage, Flavour, GenerationJob, ModelName, SamplingParams
 
 
-class TextPart(_Strict):
+class TextPart(WireModel):
     type: Literal["text"]
     text: str
 
 
-class ImagePart(_Strict):
+class ImagePart(WireModel):
     type: Literal["image_url"]
     image_url: Any
 
@@ -38,19 +38,19 @@ def _text(content: str | list[Any] | None) -> str:
     return "".join(part.text for part in content if isinstance(part, TextPart))
 
 
-class SystemMessage(_Strict):
+class SystemMessage(WireModel):
     role: Literal["system", "developer"]
     content: str | list[TextPart]
     name: str | None = None
 
 
-class UserMessage(_Strict):
+class UserMessage(WireModel):
     role: Literal["user"]
     content: str | list[ContentPart]
     name: str | None = None
 
 
-class AssistantMessage(_Strict):
+class AssistantMessage(WireModel):
     role: Literal["assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -59,26 +59,28 @@ class AssistantMessage(_Strict):
 Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
 
 
-class StreamOptions(_Strict):
+class StreamOptions(WireModel):
     include_usage: bool = False
 
 
-class _SamplingFields(_Strict):
+class _SamplingFields(JobRequest):
     """Parameters both OpenAI endpoints share (plus vLLM's top_k/min_p/repetition_penalty)."""
 
-    model: str = Field(min_length=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)
-    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    seed: int | None = None
+    sampling_names: ClassVar[dict[str, str]] = {"repeat_penalty": "repetition_penalty"}
+
+    model: ModelName
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = Field(default=None, description="Negative: random.")
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1)
+    n: int = 1
     user: str | None = None
 
     @field_validator("n")
@@ -86,16 +88,6 @@ class _SamplingFields(_Strict):
     def _one_choice(cls, value: int) -> int:
         if value != 1:
             raise ValueError("only n=1 is supported")
-        return value
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else value or []
-        if any(not s for s in stops):
-            raise ValueError("stop strings must not be empty")
-        if len(stops) > 16:
-            raise ValueError("at most 16 stop strings are supported")
         return value
 
     @property
@@ -112,15 +104,16 @@ class _SamplingFields(_Strict):
             repeat_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
-            seed=self.seed,
+            # Negative: random, as llama.cpp's own server reads -1 (clients written for it).
+            seed=self.seed if self.seed is not None and self.seed >= 0 else None,
             stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
         )
 
 
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    messages: list[Message]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
     logprobs: bool | None = None
 
     @field_validator("logprobs")
@@ -130,7 +123,12 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("logprobs are not supported")
         return value
 
-    def to_job(self, deadline: float, request_id: str | None = None) -> GenerationJob:
+    def sampling_param(self, field: str) -> str:
+        if field == "max_tokens" and self.max_completion_tokens is not None:
+            return "max_completion_tokens"
+        return super().sampling_param(field)
+
+    def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
         return GenerationJob(
             model=self.model,
             messages=[
@@ -139,7 +137,11 @@ class ChatCompletionRequest(_SamplingFields):
                 )
                 for m in self.messages
             ],
-            sampling=self._sampling(self.max_completion_tokens or self.max_tokens),
+            sampling=self._sampling(
+                self.max_tokens
+                if self.max_completion_tokens is None
+                else self.max_completion_tokens
+            ),
             stream=self.stream,
             flavour=Flavour.OPENAI,
             deadline=deadline,
@@ -149,7 +151,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 class CompletionRequest(_SamplingFields):
     prompt: str | list[str]
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = 16
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = None
@@ -176,7 +178,7 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("only best_of=1 is supported")
         return value
 
-    def to_job(self, deadline: float, request_id: str | None = None) -> GenerationJob:
+    def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
         return GenerationJob(
             model=self.model,
             prompt=self.prompt if isinstance(self.prompt, str) else self.prompt[0],

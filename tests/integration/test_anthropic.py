@@ -151,6 +151,26 @@ def test_bad_requests_are_invalid_request_errors(
     assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
 
 
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"messages": [{"role": "user", "content": "Hi \ud800"}]}, "messages.0.content"),
+        ({"system": [{"type": "text", "text": "\udfff"}]}, "system"),
+        ({"stop_sequences": [f"stop {i}" for i in range(20_000)]}, "stop_sequences"),
+    ],
+    ids=["surrogate-content", "surrogate-system", "20000-stops"],
+)
+def test_what_the_fuzzer_found_is_400(api: ApiProcess, change: dict[str, Any], param: str) -> None:
+    body = {"model": DEFAULT_MODEL, "max_tokens": 8, "messages": QUESTION, **change}
+    response = httpx.post(
+        f"{api.url}/v1/messages",
+        content=json.dumps(body).encode(),  # a surrogate as its \ud800 escape
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"].startswith(f"{param}: ")
+
+
 def test_malformed_json_is_400_in_anthropic_shape(api: ApiProcess) -> None:
     response = httpx.post(
         f"{api.url}/v1/messages", content=b"{not json", headers={"content-type": "application/json"}

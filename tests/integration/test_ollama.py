@@ -196,6 +196,32 @@ def test_bad_requests_are_400(ollama_client: ollama.Client, params: dict[str, An
     assert info.value.error
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/api/generate", {"prompt": "Hi \ud800"}, "prompt"),
+        ("/api/generate", {"prompt": "Hi", "system": "\ud800"}, "system"),
+        ("/api/chat", {"messages": [{"role": "user", "content": "\ud800"}]}, "messages.0.content"),
+        ("/api/chat", {"messages": QUESTION, "options": {"stop": ["x"] * 20_000}}, "options.stop"),
+    ],
+    ids=["surrogate-prompt", "surrogate-system", "surrogate-content", "20000-stops"],
+)
+def test_what_the_fuzzer_found_is_400(
+    api: ApiProcess, path: str, body: dict[str, Any], param: str
+) -> None:
+    content = json.dumps({"model": DEFAULT_MODEL, "stream": False, **body}).encode()
+    response = httpx.post(f"{api.url}{path}", content=content)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(f"{param}: ")
+
+
+def test_an_empty_raw_generate_only_loads(api: ApiProcess) -> None:
+    """As Ollama: nothing to evaluate is a load request, raw or not."""
+    body = {"model": DEFAULT_MODEL, "prompt": "", "raw": True, "stream": False}
+    response = httpx.post(f"{api.url}/api/generate", json=body)
+    assert response.status_code == 200 and response.json()["done_reason"] == "load"
+
+
 def test_raw_ndjson_lines(api: ApiProcess) -> None:
     for path, body, payload in [
         ("/api/chat", {"messages": QUESTION}, "message"),

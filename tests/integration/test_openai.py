@@ -1,5 +1,7 @@
 """The official `openai` client against a real API, a real worker and the real model."""
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -179,6 +181,33 @@ def test_bad_body_is_400(openai_client: OpenAI, params: dict[str, object]) -> No
     with pytest.raises(openai.BadRequestError) as info:
         openai_client.chat.completions.create(**body)  # type: ignore[call-overload]
     assert info.value.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "Hi \ud800"}]},
+            "messages.0.content",
+        ),
+        ("/v1/completions", {"prompt": "Hi \ud800"}, "prompt"),
+        ("/v1/completions", {"prompt": ""}, "prompt"),
+        ("/v1/completions", {"prompt": [""], "stream": True}, "prompt"),
+        ("/v1/chat/completions", {"messages": QUESTION, "max_tokens": "4"}, "max_tokens"),
+    ],
+    ids=["surrogate-content", "surrogate-prompt", "empty-prompt", "empty-prompt-list", "str-int"],
+)
+def test_what_the_fuzzer_found_is_400(
+    api: ApiProcess, path: str, body: dict[str, object], param: str
+) -> None:
+    """Before: 500 from the real tokenizer, 502 from llama.cpp, 200 by coercion."""
+    content = json.dumps({"model": DEFAULT_MODEL, **body}).encode()  # \ud800 as an escape
+    response = httpx.post(
+        f"{api.url}{path}", content=content, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
 
 
 def test_malformed_json_is_400_in_openai_shape(api: ApiProcess) -> None:

@@ -134,10 +134,17 @@ class Harness:
         return state
 
     async def call(
-        self, path: str, body: dict[str, object], headers: dict[str, str] | None = None
+        self, path: str, body: dict[str, object] | bytes, headers: dict[str, str] | None = None
     ) -> httpx.Response:
-        """POST, and once the job is queued, let the real worker class perform it."""
-        request = asyncio.create_task(self.client.post(path, json=body, headers=headers))
+        """POST (a dict as JSON, bytes as they are), and once the job is queued, let the real
+        worker class perform it."""
+        if isinstance(body, bytes):
+            post = self.client.post(
+                path, content=body, headers={"Content-Type": "application/json", **(headers or {})}
+            )
+        else:
+            post = self.client.post(path, json=body, headers=headers)
+        request = asyncio.create_task(post)
         queue = model_queue(self.redis, MODEL)
         while not request.done() and queue.count == 0:
             await asyncio.sleep(0.005)

@@ -5,7 +5,14 @@ from pydantic import ValidationError
 
 from shared import keys
 from shared.events import DoneEvent, ErrorEvent, FinishReason, TokenEvent, parse_event
-from shared.job import ChatMessage, Flavour, GenerationJob
+from shared.job import (
+    MAX_STOP_LENGTH,
+    MAX_STOP_STRINGS,
+    ChatMessage,
+    Flavour,
+    GenerationJob,
+    SamplingParams,
+)
 from shared.settings import Settings
 
 
@@ -31,6 +38,53 @@ def test_job_needs_exactly_one_of_messages_and_prompt() -> None:
         GenerationJob(**common)
     with pytest.raises(ValidationError):
         GenerationJob(prompt="x", messages=[ChatMessage(role="user", content="x")], **common)
+
+
+def test_sampling_limits_hold_at_their_bounds() -> None:
+    SamplingParams(stop=["x" * MAX_STOP_LENGTH] * MAX_STOP_STRINGS, seed=2**32 - 2, top_k=2**31 - 1)
+
+
+@pytest.mark.parametrize(
+    ("sampling", "loc"),
+    [
+        ({"stop": ["x"] * (MAX_STOP_STRINGS + 1)}, ("stop",)),
+        ({"stop": ["x" * (MAX_STOP_LENGTH + 1)]}, ("stop", 0)),
+        ({"stop": ["x", ""]}, ("stop", 1)),
+        ({"stop": ["\ud800"]}, ("stop", 0)),
+        ({"temperature": float("inf")}, ("temperature",)),
+        ({"top_p": float("nan")}, ("top_p",)),
+        ({"repeat_penalty": 0.0}, ("repeat_penalty",)),
+        ({"seed": -1}, ("seed",)),
+        ({"seed": 2**32 - 1}, ("seed",)),  # llama.cpp's "random"
+        ({"top_k": 2**31}, ("top_k",)),
+        ({"max_tokens": 0}, ("max_tokens",)),
+    ],
+)
+def test_sampling_limits(sampling: dict[str, object], loc: tuple[object, ...]) -> None:
+    with pytest.raises(ValidationError) as refused:
+        SamplingParams.model_validate(sampling)
+    assert refused.value.errors()[0]["loc"] == loc
+
+
+@pytest.mark.parametrize(
+    ("fields", "loc"),
+    [
+        ({"prompt": ""}, ("prompt",)),
+        ({"prompt": "Hi \ud800"}, ("prompt",)),
+        ({"messages": []}, ("messages",)),
+        (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "\udfff"}]},
+            ("messages", 1),
+        ),
+        ({"prompt": "x", "model": ""}, ("model",)),
+    ],
+)
+def test_a_job_holds_text_to_evaluate(fields: dict[str, object], loc: tuple[object, ...]) -> None:
+    """Never empty (llama.cpp cannot evaluate no tokens), always valid Unicode."""
+    common = {"model": "m", "flavour": Flavour.OPENAI, "deadline": time.time()}
+    with pytest.raises(ValidationError) as refused:
+        GenerationJob.model_validate({**common, **fields})
+    assert refused.value.errors()[0]["loc"] == loc
 
 
 def test_job_roundtrips_through_json() -> None:

@@ -62,6 +62,16 @@ def test_prompt_over_context_is_an_error_event() -> None:
     assert isinstance(error, ErrorEvent) and error.code is ErrorCode.CONTEXT_LENGTH_EXCEEDED
 
 
+def test_an_empty_prompt_is_refused_before_the_engine_starts() -> None:
+    """llama.cpp cannot evaluate no tokens (it asserts); a template rendering nothing is 400."""
+    engine = FakeEngine([b"x", EOS], prompt_len=0)
+    events = run(engine, job())
+    assert len(events) == 1
+    error = events[0]
+    assert isinstance(error, ErrorEvent) and error.code is ErrorCode.INVALID_REQUEST
+    assert engine.started_with == []
+
+
 def test_job_past_its_deadline_never_starts() -> None:
     engine = FakeEngine([b"x", EOS])
     late = job().model_copy(update={"deadline": time.time() - 1})

@@ -1,0 +1,86 @@
+"""What every flavour's request models share: strict parsing, and turning a request into the
+neutral job with the job's own limits blamed on the flavour's parameter.
+
+Request models only declare their wire types and map their fields onto the neutral job
+(shared/job.py), which holds every range and cap. When the job refuses a value, the 400 names
+the parameter as the flavour's client wrote it: `stop_sequences.3`, `options.repeat_penalty`.
+"""
+
+from abc import abstractmethod
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
+
+from api.errors import InvalidRequestError
+from shared.job import GenerationJob, SamplingParams
+
+# A neutral error's location: field names and list indices, as pydantic gives them.
+Loc = tuple[int | str, ...]
+
+# Where a neutral model that flavours build on their own sits in a job: its errors are
+# located relative to itself.
+_PLACE: dict[str, Loc] = {SamplingParams.__name__: ("sampling",)}
+
+# A request that breaks many rules is told about the first few.
+_MAX_PROBLEMS = 3
+
+
+class WireModel(BaseModel):
+    """Base of every request body model.
+
+    Unknown fields are refused: what is not honoured is refused rather than ignored. Strict:
+    JSON's types are not coerced ("4", 4.0 and true are no `max_tokens`); an integer is still
+    a valid float, as JSON does not tell them apart.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class JobRequest(WireModel):
+    """A request body that becomes a `GenerationJob`."""
+
+    # The flavour's name for each sampling field whose name differs from the neutral one.
+    sampling_names: ClassVar[dict[str, str]] = {}
+
+    @abstractmethod
+    def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
+        """Map this request's fields onto the neutral job; the job checks the values."""
+
+    def to_job(self, deadline: float, request_id: str | None = None) -> GenerationJob:
+        """The neutral job; 400 naming this flavour's parameter for a value the job refuses."""
+        try:
+            return self.build_job(deadline, request_id)
+        except ValidationError as exc:
+            raise self._invalid(exc) from None
+
+    def sampling_param(self, field: str) -> str:
+        """This flavour's parameter for a neutral `SamplingParams` field."""
+        return self.sampling_names.get(field, field)
+
+    def message_param(self, index: int) -> str:
+        """This flavour's parameter for the text of the job's message at `index`."""
+        return f"messages.{index}.content"
+
+    def param(self, loc: Loc) -> str | None:
+        """This flavour's parameter for a neutral job's field."""
+        match loc:
+            case ("sampling", str(field), *rest):
+                return ".".join([self.sampling_param(field), *map(str, rest)])
+            case ("messages", int(index), *_):
+                return self.message_param(index)
+            case ():
+                return None
+        return ".".join(map(str, loc))
+
+    def _invalid(self, exc: ValidationError) -> InvalidRequestError:
+        problems: list[tuple[str | None, str]] = []
+        for error in exc.errors(include_url=False)[:_MAX_PROBLEMS]:
+            param = self.param((*_PLACE.get(exc.title, ()), *error["loc"]))
+            problems.append((param, _message(error)))
+        message = "; ".join(f"{p}: {m}" if p else m for p, m in problems)
+        return InvalidRequestError(message, param=problems[0][0])
+
+
+def _message(error: ErrorDetails) -> str:
+    return str(error["msg"]).removeprefix("Value error, ")
