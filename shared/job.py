@@ -91,6 +91,16 @@ class SamplingParams(BaseModel):
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="None: random.")
     stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP_STRINGS)
+    # vLLM's extensions that load generators (`vllm bench serve`, ...) send: end-of-generation
+    # tokens are never sampled while they apply, so every token counts.
+    ignore_eos: bool = Field(default=False, description="Never end at an end-of-generation token.")
+    min_tokens: int = Field(
+        default=0, ge=0, description="No end-of-generation token before this many tokens."
+    )
+
+    def suppress_eog(self, generated: int) -> bool:
+        """Whether end-of-generation tokens are banned for the next token."""
+        return self.ignore_eos or generated < self.min_tokens
 
 
 def new_job_id() -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
+import numpy.typing as npt
 
 from shared.job import ChatMessage, GenerationJob, SamplingParams
 from shared.tokenizer import PromptTokenizer
@@ -65,6 +66,11 @@ class LlamaEngine:
             verbose=False,
         )
         self._vocab = self._llama._model.vocab
+        n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._eog_ids = np.array(
+            [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)],
+            dtype=np.intc,
+        )
         self._tokenizer = PromptTokenizer(self._llama)
         offloaded = n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         self._info = EngineInfo(
@@ -99,8 +105,26 @@ class LlamaEngine:
             repeat_penalty=sampling.repeat_penalty,
             frequency_penalty=sampling.frequency_penalty,
             presence_penalty=sampling.presence_penalty,
+            logits_processor=self._eog_ban(len(prompt), sampling),
         )
         return _SLOT
+
+    def _eog_ban(
+        self, prompt_len: int, sampling: SamplingParams
+    ) -> llama_cpp.LogitsProcessorList | None:
+        """Bans end-of-generation tokens while `ignore_eos` or `min_tokens` asks to."""
+        if not sampling.ignore_eos and sampling.min_tokens == 0:
+            return None
+        eog = self._eog_ids
+
+        def ban(
+            input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
+        ) -> npt.NDArray[np.single]:
+            if sampling.suppress_eog(len(input_ids) - prompt_len):
+                scores[eog] = -np.inf
+            return scores
+
+        return llama_cpp.LogitsProcessorList([ban])
 
     def step(self) -> list[Sampled]:
         if self._sequence is None:

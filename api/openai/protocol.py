@@ -82,6 +82,8 @@ class _SamplingFields(JobRequest):
     stream_options: StreamOptions | None = None
     n: int = 1
     user: str | None = None
+    ignore_eos: bool = False  # vLLM's extensions, sent by load generators
+    min_tokens: int = 0
 
     @field_validator("n")
     @classmethod
@@ -107,6 +109,8 @@ class _SamplingFields(JobRequest):
             # Negative: random, as llama.cpp's own server reads -1 (clients written for it).
             seed=self.seed if self.seed is not None and self.seed >= 0 else None,
             stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
+            ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
         )
 
 

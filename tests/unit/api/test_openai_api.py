@@ -125,3 +125,20 @@ async def test_no_worker_picks_the_job_up_is_a_deadline_error(harness: Harness) 
     response = await harness.client.post("/v1/chat/completions", json=CHAT)
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "deadline_exceeded"
+
+
+async def test_vllm_load_generator_extensions_reach_the_job(harness: Harness) -> None:
+    body = {**CHAT, "ignore_eos": True, "min_tokens": 5, "max_tokens": 8}
+    response = await harness.call("/v1/chat/completions", body)
+    assert response.status_code == 200
+    ((sampling, _seed),) = harness.engine.started_with
+    assert (sampling.ignore_eos, sampling.min_tokens) == (True, 5)
+    assert sampling.suppress_eog(4) and sampling.suppress_eog(100)
+
+
+async def test_min_tokens_below_zero_is_400_naming_it(harness: Harness) -> None:
+    response = await harness.client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "hi", "min_tokens": -1}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "min_tokens"
