@@ -112,5 +112,9 @@ async def open_harness(**settings: object) -> AsyncIterator[Harness]:
     )
     registry.heartbeat(sync, info, ttl_s=60)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://tokenq") as client:
-        yield Harness(app, client, sync, engine, config)
+    state.start()  # what the lifespan does, which the ASGI transport does not run
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://tokenq") as client:
+            yield Harness(app, client, sync, engine, config)
+    finally:
+        await state.stop()
