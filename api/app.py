@@ -27,6 +27,7 @@ def create_app(settings: ApiSettings | None = None, state: AppState | None = Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.tokenq = state or AppState.connect(settings)
+        app.state.tokenq.start()
         try:
             yield
         finally:

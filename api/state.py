@@ -9,7 +9,9 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from api.hub import EventHub
 from api.tokenizers import Tokenizers
+from api.watchdog import Watchdog
 from shared.lifecycle.api_side import ApiJobs
 from shared.metrics import ApiMetrics
 from shared.settings import ApiSettings
@@ -23,6 +25,8 @@ class AppState:
     tokenizers: Tokenizers
     metrics: ApiMetrics
     jobs: ApiJobs  # job records: read, expire, cancel, position
+    hub: EventHub  # every open stream's events, over a few subscriber connections
+    watchdog: Watchdog  # reads the records of the jobs open streams wait for
 
     @classmethod
     def connect(cls, settings: ApiSettings) -> "AppState":
@@ -54,20 +58,35 @@ class AppState:
         sync_redis: Redis,
         tokenizers: Tokenizers | None = None,
     ) -> "AppState":
+        jobs = ApiJobs(redis, settings.record_ttl_s)
         return cls(
             settings,
             redis,
             sync_redis,
             tokenizers or Tokenizers(redis, settings.tokenizer_cache_dir),
             ApiMetrics(),
-            ApiJobs(redis, settings.record_ttl_s),
+            jobs,
+            EventHub(redis, settings.pubsub_connections, settings.redis_timeout_s),
+            Watchdog(redis, jobs, settings.watch_interval_s),
         )
 
     def job_deadline(self) -> float:
         """When a job submitted now must have started by."""
         return time.time() + self.settings.queue_deadline_s
 
+    def start(self) -> None:
+        """Start the background tasks (in the running event loop): the hub's readers and the
+        watchdog."""
+        self.hub.start()
+        self.watchdog.start()
+
+    async def stop(self) -> None:
+        """Stop the background tasks; streams still open get a failure."""
+        await self.watchdog.aclose()
+        await self.hub.aclose()
+
     async def close(self) -> None:
+        await self.stop()
         await self.redis.aclose()
         self.sync_redis.close()
         self.metrics.process_exited()

@@ -1,8 +1,10 @@
 """A submitted job's events as the API reads them back, with a watchdog on every wait.
 
-While it waits, the stream watches the job's record: a job still queued at its deadline is
-expired, a job whose worker died is requeued or failed (shared/lifecycle), and a stream that
-ends before its job did cancels the job (client gone, server shutting down, error).
+The events come through the process's event hub (api/hub.py), and readings of the job's
+record from the process's watchdog (api/watchdog.py), both into the stream's inbox. The stream
+acts on each reading: a job still queued at its deadline is expired, a job whose worker died
+is requeued or failed (shared/lifecycle), and a stream that ends before its job did cancels
+the job (client gone, server shutting down, error).
 """
 
 import contextlib
@@ -14,13 +16,12 @@ from types import TracebackType
 from typing import assert_never
 
 import anyio
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from api.inbox import Inbox, Reading
 from api.observe import RequestObservation
 from api.state import AppState
-from shared import registry
-from shared.events import DoneEvent, ErrorCode, ErrorEvent, Event, parse_event
+from shared.events import DoneEvent, ErrorCode, ErrorEvent, Event, TokenEvent, parse_event
 from shared.job import GenerationJob
 from shared.lifecycle import JobRecord, JobStatus
 from shared.lifecycle.admission import Reclaimed, reclaim
@@ -61,25 +62,25 @@ class JobStream:
     def __init__(
         self,
         state: AppState,
-        pubsub: PubSub,
+        inbox: Inbox,
         job: GenerationJob,
         prompt_tokens: int,
         observation: RequestObservation | None = None,
     ) -> None:
         self.job = job
         self._state = state
-        self._pubsub = pubsub
+        self._inbox = inbox  # subscribed and watched by `submit`; released by `aclose`
         self.prompt_tokens = prompt_tokens  # counted by the API, as the worker will count them
         self._observation = observation
         self._submitted_at = time.time()
         # The first event may wait for the whole queue deadline plus the prompt's evaluation.
         self._silent_until = max(job.deadline, time.time()) + state.settings.event_timeout_s
-        self._next_watch = time.time() + state.settings.watch_interval_s
         self._seen_any = False
+        self._next_index = 0  # of the next token event: a gap means events were lost
         self._ended = False
         self._closed = False
         self._notice: tuple[int | None, float] | None = None  # last position sent, when
-        self._terminal_noticed_at: float | None = None
+        self._ended_readings = 0  # readings in a row that found the job ended
         self._quiet_since = time.time()  # when the stream last had something to send
 
     async def __aenter__(self) -> "JobStream":
@@ -105,8 +106,8 @@ class JobStream:
                     log.info("job %s cancelled by its request (was %s)", self.job.id, before)
                 except RedisError as exc:
                     log.warning("could not cancel job %s: %s", self.job.id, exc)
-            with contextlib.suppress(RedisError):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            self._state.watchdog.unwatch(self.job.id)
+            await self._state.hub.unsubscribe(self.job.id)
 
     async def events(self, streaming: bool = False) -> AsyncIterator[Event | Notice]:
         """The job's events; `streaming` adds `Queued` notices while it waits and a
@@ -129,56 +130,71 @@ class JobStream:
     async def _next(self, streaming: bool) -> Event | Notice:
         keepalive_s = self._state.settings.sse_keepalive_s
         while True:
+            data = self._inbox.take_event()  # raises the hub's or the watchdog's RedisError
+            if data is not None:
+                self._seen_any = True
+                self._silent_until = time.time() + self._state.settings.event_timeout_s
+                return await self._in_order(parse_event(data))
+            reading = self._inbox.take_reading()
+            if reading is not None:
+                item = await self._watch(reading, streaming)
+                if item is not None:
+                    return item
+                continue
             now = time.time()
             if now >= self._silent_until:
                 return self._silence_error()
             if streaming and now - self._quiet_since >= keepalive_s:
                 return KeepAlive()
-            wake = min(self._next_watch, self._silent_until)
+            wake = self._silent_until
             if streaming:
                 wake = min(wake, self._quiet_since + keepalive_s)
-            message = await self._read(wake - now)
-            if message is not None:
-                self._seen_any = True
-                self._silent_until = time.time() + self._state.settings.event_timeout_s
-                return parse_event(message)
-            if time.time() >= self._next_watch:
-                item = await self._watch(streaming)
-                self._next_watch = time.time() + self._state.settings.watch_interval_s
-                if item is not None:
-                    return item
+            await self._inbox.wait(wake - now)
 
-    async def _read(self, wait_s: float) -> bytes | None:
-        until = time.time() + wait_s
-        while (left := until - time.time()) > 0:
-            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-            if message is not None and message["type"] == "message":
-                data: bytes = message["data"]
-                return data
-        return None
+    async def _in_order(self, event: Event) -> Event:
+        """The event, or an error when token events went missing: published while the hub
+        was reconnecting to Redis, they are lost, and the answer would silently lack them."""
+        if not isinstance(event, TokenEvent):
+            return event
+        if event.index != self._next_index:
+            log.warning(
+                "job %s: token %d arrived, %d expected; events were lost",
+                self.job.id,
+                event.index,
+                self._next_index,
+            )
+            with contextlib.suppress(RedisError):
+                await self._state.jobs.cancel(self.job.id)  # nobody will read the rest
+            return ErrorEvent(
+                code=ErrorCode.BACKEND_UNAVAILABLE, message="some of the job's output was lost"
+            )
+        self._next_index += 1
+        return event
 
-    async def _watch(self, positions: bool) -> ErrorEvent | Queued | None:
-        """Look at the job's record: act on expiry and dead workers, report the position."""
-        jobs, now = self._state.jobs, time.time()
-        record = await jobs.record(self.job.id)
+    async def _watch(self, reading: Reading, positions: bool) -> ErrorEvent | Queued | None:
+        """Act on a reading of the job's record: expiry, a dead worker; report the position."""
+        record, now = reading.record, time.time()
         if record is None:
             return ErrorEvent(
                 code=ErrorCode.BACKEND_UNAVAILABLE, message="the queue backend lost the job"
             )
+        if not record.status.terminal:
+            self._ended_readings = 0
         notice_due = now - self._submitted_at >= self._state.settings.queue_notice_after_s
         if record.status is JobStatus.QUEUED:
             if now > record.deadline:
-                if await jobs.expire(record) is JobStatus.EXPIRED:
+                if await self._state.jobs.expire(record) is JobStatus.EXPIRED:
                     return _deadline_error()
             elif positions and notice_due:
                 return await self._position_notice(record, now)
         elif record.status is JobStatus.RUNNING:
-            if record.worker and not await registry.is_alive(self._state.redis, record.worker):
+            if record.worker and not reading.worker_alive:
                 return await self._reclaim(record.worker)
-        elif self._terminal_noticed_at is None:
-            self._terminal_noticed_at = now  # its terminal event should be on its way
-        elif now - self._terminal_noticed_at > self._state.settings.watch_interval_s:
-            return _from_record(record)
+        else:
+            # Its terminal event should be on its way; one interval later, it is not coming.
+            self._ended_readings += 1
+            if self._ended_readings > 1:
+                return _from_record(record)
         return None
 
     async def _position_notice(self, record: JobRecord, now: float) -> Queued | None:

@@ -1,19 +1,19 @@
 """Submitting a neutral job: room in the queue, a live worker, a prompt that fits; then
 subscribe and admit.
 
-The API subscribes to the job's channel, waits for the subscription to be confirmed, and only
-then admits and enqueues, so not even the first token can be published before anyone listens.
+The API subscribes to the job's channel (api/hub.py), waits for the subscription to be
+confirmed, and only then admits and enqueues, so not even the first token can be published
+before anyone listens.
 """
 
 import anyio
-from redis.asyncio.client import PubSub
 
-from api.errors import BackendUnavailableError, ContextLengthExceededError, QueueFullError
+from api.errors import ContextLengthExceededError, QueueFullError
+from api.inbox import Inbox
 from api.models import require_live_worker
 from api.observe import RequestObservation
 from api.state import AppState
 from api.stream import JobStream
-from shared import keys
 from shared.context import ContextOverflowError, effective_context, output_room
 from shared.job import GenerationJob
 from shared.lifecycle.admission import admit
@@ -34,19 +34,19 @@ async def submit(
     await _refuse_if_full(state, job.model)
     workers = await require_live_worker(state, job.model)
     prompt_tokens = await _check_context(state, job, workers)
-    pubsub = state.redis.pubsub()
+    inbox = Inbox()
+    await state.hub.subscribe(job.id, inbox)  # returns once Redis confirmed it
     try:
-        await pubsub.subscribe(keys.events_channel(job.id))
-        await _confirm_subscription(pubsub, state.settings.redis_timeout_s)
         refused = await anyio.to_thread.run_sync(admit, state.sync_redis, job, state.settings)
         if refused is not None:  # another replica filled the queue since the early check
             depth = await queue_depth(state.redis, job.model, state.settings.drain_window_s)
             raise queue_full(job.model, depth, state.settings.retry_after_max_s)
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await state.hub.unsubscribe(job.id)
         raise
-    return JobStream(state, pubsub, job, prompt_tokens, observation)
+    state.watchdog.watch(job.id, inbox)
+    return JobStream(state, inbox, job, prompt_tokens, observation)
 
 
 async def _refuse_if_full(state: AppState, model: str) -> None:
@@ -80,15 +80,6 @@ async def _check_context(state: AppState, job: GenerationJob, workers: list[Work
             str(exc), param=blamed if exc.prompt_too_long else "max_tokens"
         ) from exc
     return prompt
-
-
-async def _confirm_subscription(pubsub: PubSub, timeout_s: float) -> None:
-    with anyio.move_on_after(timeout_s):
-        while True:
-            message = await pubsub.get_message(timeout=timeout_s)
-            if message is not None and message["type"] == "subscribe":
-                return
-    raise BackendUnavailableError("the queue backend did not confirm the subscription")
 
 
 async def count_prompt(state: AppState, job: GenerationJob) -> int:

@@ -73,3 +73,9 @@ def finished_jobs(model: str) -> str:
 def run_slots(model: str) -> str:
     """Sorted set of the workers allowed to take a model's jobs (`max_running`), by lease."""
     return f"{PREFIX}:slots:{model}"
+
+
+def events_client_name() -> str:
+    """The name (CLIENT SETNAME) of an API process's subscriber connections, as CLIENT LIST
+    shows them."""
+    return f"{PREFIX}-api-events"

@@ -7,6 +7,7 @@ TTL without anyone cleaning up after it.
 """
 
 import time
+from collections.abc import Collection
 from typing import cast
 
 from pydantic import BaseModel, Field
@@ -71,6 +72,18 @@ def live_workers_now(redis: Redis, model: str) -> list[WorkerInfo]:
 async def is_alive(redis: AsyncRedis, worker_id: str) -> bool:
     """Whether this worker's heartbeat has not lapsed."""
     return bool(await redis.exists(keys.worker_info(worker_id)))
+
+
+async def alive_among(redis: AsyncRedis, worker_ids: Collection[str]) -> set[str]:
+    """Those of these workers whose heartbeat has not lapsed, asked in one round trip."""
+    ids = list(worker_ids)
+    if not ids:
+        return set()
+    pipe = redis.pipeline(transaction=False)
+    for worker_id in ids:
+        pipe.exists(keys.worker_info(worker_id))
+    found = await pipe.execute()
+    return {worker_id for worker_id, n in zip(ids, found, strict=True) if n}
 
 
 async def registered_models(redis: AsyncRedis) -> set[str]:

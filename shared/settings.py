@@ -109,7 +109,16 @@ class ApiSettings(Settings):
         description="A stream still queued after this starts, showing its queue position.",
     )
     watch_interval_s: float = Field(
-        default=0.5, gt=0, description="How often a waiting request checks its job's state."
+        default=0.5,
+        gt=0,
+        description="How often the API reads the records of the jobs its open requests wait "
+        "for (all of them in one round trip).",
+    )
+    pubsub_connections: int = Field(
+        default=4,
+        ge=1,
+        description="Redis subscriber connections per API process; every open request's "
+        "events share them.",
     )
     sse_keepalive_s: float = Field(
         default=15.0,

@@ -1,6 +1,7 @@
 """The API's view of job records: read one, expire it, cancel it, find its queue position."""
 
 import time
+from collections.abc import Sequence
 
 from redis.asyncio import Redis as AsyncRedis
 
@@ -18,6 +19,14 @@ class ApiJobs:
 
     async def record(self, job_id: str) -> JobRecord | None:
         return JobRecord.from_hash(job_id, await self._redis.hgetall(keys.job_record(job_id)))
+
+    async def records(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """The records of many jobs, in order, read in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(keys.job_record(job_id))
+        raw = await pipe.execute()
+        return [JobRecord.from_hash(i, fields) for i, fields in zip(job_ids, raw, strict=True)]
 
     async def expire(self, record: JobRecord) -> JobStatus | None:
         """Expire the job if it is still queued past its deadline; its status afterwards."""

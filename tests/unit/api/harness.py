@@ -287,9 +287,13 @@ async def open_harness(**settings: object) -> AsyncIterator[Harness]:
     app = create_app(config, state)
     registry.heartbeat(sync, _worker_info(WORKER_ID), ttl_s=60)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://tokenq") as client:
-        harness = Harness(app, client, sync, engine, config)
-        try:
-            yield harness
-        finally:
-            harness.stop_workers()
+    state.start()  # what the lifespan does, which the ASGI transport does not run
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://tokenq") as client:
+            harness = Harness(app, client, sync, engine, config)
+            try:
+                yield harness
+            finally:
+                harness.stop_workers()
+    finally:
+        await state.stop()

@@ -4,6 +4,7 @@ drops the worker's heartbeat as if it had died."""
 
 import asyncio
 import json
+from collections.abc import Sequence
 
 import pytest
 
@@ -41,13 +42,13 @@ def count_watches(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> list[str
     """The job ids the API's watch has read a record of, one entry a read."""
     seen: list[str] = []
     jobs = harness.state.jobs
-    read = jobs.record
+    read = jobs.records
 
-    async def counted(job_id: str) -> JobRecord | None:
-        seen.append(job_id)
-        return await read(job_id)
+    async def counted(job_ids: Sequence[str]) -> list[JobRecord | None]:
+        seen.extend(job_ids)
+        return await read(job_ids)
 
-    monkeypatch.setattr(jobs, "record", counted)
+    monkeypatch.setattr(jobs, "records", counted)
     return seen
 
 
