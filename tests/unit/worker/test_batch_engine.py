@@ -199,6 +199,32 @@ def test_a_long_prompt_is_chunked_while_another_decodes(engine: BatchEngine) -> 
             engine.release(slot)
 
 
+def test_sampling_with_every_parameter(engine: BatchEngine) -> None:
+    sampling = SamplingParams(
+        temperature=0.8,
+        top_k=40,
+        top_p=0.9,
+        min_p=0.05,
+        repeat_penalty=1.1,
+        frequency_penalty=0.2,
+        presence_penalty=0.2,
+    )
+    question = prompt(engine, user(QUESTIONS[0]))
+
+    def sample(seed: int) -> list[int]:
+        engine.clear_cache()  # the same cells each time: the same logits
+        slot = engine.start(question, sampling, seed)
+        out: list[int] = []
+        while len(out) < 6:
+            out += [s.token for s in engine.step()]
+        engine.release(slot)
+        return out
+
+    first = sample(seed=1234)
+    assert sample(seed=1234) == first  # a seed replays its sequence
+    assert all(0 <= token < engine._model.n_vocab for token in first)
+
+
 def test_all_slots_taken_is_busy(engine: BatchEngine) -> None:
     slots = [engine.start([1, 2, 3], GREEDY, seed=0) for _ in range(4)]
     assert sorted(slots) == [0, 1, 2, 3]
