@@ -1,7 +1,8 @@
 """The llama.cpp backend with N slots decoded together: continuous batching.
 
 Each slot is one llama.cpp sequence id in a context whose KV cache all slots share
-(`kv_unified`, so one long prompt may use the whole context). Every `step()` is one
+(`kv_unified`, so one long prompt may use the whole context), or, with `unified_kv=False`,
+where each slot has its own n_ctx / slots cells. Every `step()` is one
 `llama_decode` of one batch: a token for each decoding sequence plus chunks of the prompts
 still being evaluated (at most `prefill_chunk` prompt tokens per step, so a long prompt does
 not stall the others for long). Each sequence samples with its own chain.
@@ -9,6 +10,12 @@ not stall the others for long). Each sequence samples with its own chain.
 A released slot keeps its KV cache: the next prompt goes to the free slot whose cache shares
 the longest prefix with it, and only the rest of the prompt is evaluated (llama-server's
 prefix reuse). Idle caches are evicted, oldest first, when the cells are wanted.
+
+Measured on CPU: a sequence's logits are bit-identical whether it decodes alone or batched
+with others, given the same KV cells; in a unified cache the cells it gets depend on what the
+other sequences hold, and other cells move some logits by up to ~1, enough to flip near-tie
+greedy picks. With `unified_kv=False` every sequence's cells start at 0 in its own stream,
+and greedy output did not depend on the batch (the price: each job gets n_ctx / slots).
 
 Not thread-safe: one thread (the scheduler's) owns an engine. `prompt_tokens` only reads the
 vocabulary and may be called from any thread, and the metric attributes may be read anywhere.
@@ -85,6 +92,7 @@ class BatchEngine:
         flash_attn: bool,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         reuse_prefix: bool = True,
+        unified_kv: bool = True,
     ) -> None:
         if slots < 1 or prefill_chunk < 1:
             raise ValueError("an engine needs at least one slot and one prompt token a step")
@@ -101,6 +109,7 @@ class BatchEngine:
             n_seq_max=slots,
             threads=threads,
             flash_attn=flash_attn,
+            unified_kv=unified_kv,
         )
         try:
             self._ctx = NativeContext(self._model, shape)
@@ -111,10 +120,13 @@ class BatchEngine:
         self._slots = [_Slot(seq=i) for i in range(slots)]
         self._prefill_chunk = prefill_chunk
         self._reuse_prefix = reuse_prefix
+        self._unified = unified_kv
+        # Cells one sequence may hold: the whole context when the cache is unified.
+        self._seq_cells = self._ctx.n_ctx if unified_kv else self._ctx.n_ctx_seq
         self._order = 0
         offloaded = n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload()
         self._info = EngineInfo(
-            n_ctx=self._ctx.n_ctx,
+            n_ctx=self._seq_cells,  # the most one job can use
             backend="cuda" if offloaded else "cpu",
             slots=slots,
             load_seconds=time.perf_counter() - started,
@@ -165,7 +177,7 @@ class BatchEngine:
         prompt is evaluated over the next steps."""
         if not prompt:
             raise ValueError("an empty prompt has nothing to continue")
-        if len(prompt) >= self._ctx.n_ctx:
+        if len(prompt) >= self._seq_cells:
             raise ValueError(f"a prompt of {len(prompt)} tokens fills the whole context")
         free = [slot for slot in self._slots if not slot.active]
         if not free:
@@ -267,23 +279,14 @@ class BatchEngine:
         active = [slot for slot in self._slots if slot.active]
         decoders = [slot for slot in active if slot.next_token is not None]
         prefilling = sorted((slot for slot in active if slot.pending), key=lambda s: s.started)
-        wanted = len(decoders) + min(self._prefill_chunk, sum(len(s.pending) for s in prefilling))
-        free = self._ctx.n_ctx - self.kv_cells_used
-        if free < wanted:
-            free += self._evict_idle(wanted - free)
-        if free < len(decoders):
-            # Not one more token for everyone: the youngest sequences go (the least work lost),
-            # each freeing its cells and its need of one.
-            victims: list[int] = []
-            need = len(decoders)
-            for slot in sorted(active, key=lambda s: s.started, reverse=True):
-                if free >= need:
-                    break
-                victims.append(slot.seq)
-                free += len(slot.cached)
-                need -= slot.next_token is not None
-            raise self._full(tuple(victims))
-        budget = min(self._prefill_chunk, free - len(decoders))
+        if self._unified:
+            budget = self._shared_room(active, decoders, prefilling) - len(decoders)
+        else:  # each sequence in its own cells: only its own length limits it
+            full = tuple(slot.seq for slot in decoders if len(slot.cached) >= self._seq_cells)
+            if full:
+                raise self._full(full)
+            budget = self._prefill_chunk
+        budget = min(self._prefill_chunk, budget)
         prefills: list[tuple[_Slot, int]] = []
         for slot in prefilling:  # the earliest first, to finish one prompt before the next
             n = min(budget, len(slot.pending))
@@ -295,6 +298,29 @@ class BatchEngine:
             # Only unfinished prompts hold the context: the youngest gives way.
             raise self._full((prefilling[-1].seq,))
         return _Plan(decoders, prefills)
+
+    def _shared_room(
+        self, active: list[_Slot], decoders: list[_Slot], prefilling: list[_Slot]
+    ) -> int:
+        """Free cells of the unified cache for this step, evicting idle caches if they are
+        wanted; KVCacheFullError if the decoding sequences do not get one each."""
+        wanted = len(decoders) + min(self._prefill_chunk, sum(len(s.pending) for s in prefilling))
+        free = self._ctx.n_ctx - self.kv_cells_used
+        if free < wanted:
+            free += self._evict_idle(wanted - free)
+        if free >= len(decoders):
+            return free
+        # Not one more token for everyone: the youngest sequences go (the least work lost),
+        # each freeing its cells and its need of one.
+        victims: list[int] = []
+        need = len(decoders)
+        for slot in sorted(active, key=lambda s: s.started, reverse=True):
+            if free >= need:
+                break
+            victims.append(slot.seq)
+            free += len(slot.cached)
+            need -= slot.next_token is not None
+        raise self._full(tuple(victims))
 
     def _decode(self, plan: _Plan) -> None:
         status = self._ctx.decode(self._batch)
@@ -338,6 +364,8 @@ class BatchEngine:
         return cells
 
     def _full(self, slots: tuple[int, ...]) -> KVCacheFullError:
+        if not self._unified:
+            return KVCacheFullError(slots, f"the slot's {self._seq_cells} cells are full")
         return KVCacheFullError(
             slots,
             f"the context ({self._ctx.n_ctx} tokens, shared by {len(self._slots)} slots) is "

@@ -77,10 +77,13 @@ class ContextShape:
     n_seq_max: int
     threads: int | None
     flash_attn: bool
+    # One KV cache for all sequences, so one may use the whole context; False gives each
+    # sequence its own n_ctx / n_seq_max cells.
+    unified_kv: bool = True
 
 
 class NativeContext:
-    """One llama.cpp context whose KV cache all sequences share (`kv_unified`)."""
+    """One llama.cpp context for several sequences."""
 
     def __init__(self, model: NativeModel, shape: ContextShape) -> None:
         params = llama_cpp.llama_context_default_params()
@@ -88,8 +91,7 @@ class NativeContext:
         params.n_batch = shape.n_batch
         params.n_ubatch = shape.n_ubatch
         params.n_seq_max = shape.n_seq_max
-        # Unified: one sequence may use the whole context (otherwise each gets n_ctx / n_seq_max).
-        params.kv_unified = True
+        params.kv_unified = shape.unified_kv
         if shape.threads is not None:
             params.n_threads = shape.threads
             params.n_threads_batch = shape.threads
@@ -106,6 +108,7 @@ class NativeContext:
         assert memory is not None  # a generation context always has a KV cache
         self.memory = memory
         self.n_ctx: int = llama_cpp.llama_n_ctx(ctx)
+        self.n_ctx_seq: int = llama_cpp.llama_n_ctx_seq(ctx)  # cells one sequence may hold
 
     def decode(self, batch: "TokenBatch") -> int:
         """llama_decode's status: 0 done, DECODE_NO_KV_SLOT, or another failure code."""

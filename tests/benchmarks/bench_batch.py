@@ -1,12 +1,13 @@
 """Aggregate decode throughput of the batched engine against today's single-stream engine.
 
     .venv/bin/python -m tests.benchmarks.bench_batch [--tokens 64] [--threads 2] [--rounds 3]
-        [--flash]
+        [--flash] [--split]
 
 Greedy, the same chat prompts for every run. Only decoding is timed: from the step that gave
 the last sequence its first token (every prompt evaluated) until every sequence has `tokens`
 tokens (decoding goes on past an end of generation, as a benchmark may). With --flash it also
-runs 8 sequences with flash attention on. Every configuration runs once per round, rounds
+runs 8 sequences with flash attention on; with --split, 8 sequences each in its own KV cells
+(`unified_kv=False`). Every configuration runs once per round, rounds
 interleaved, so a burst of load from other processes hits them alike; the table gives the
 median and the best round.
 """
@@ -77,27 +78,38 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flash", action="store_true", help="also 8 sequences, flash on")
+    parser.add_argument("--split", action="store_true", help="also 8 sequences, split KV")
     args = parser.parse_args()
     gguf = default_gguf_path()
     tokenizer = PromptTokenizer.load(gguf)
     prompts = [tokenizer.chat([ChatMessage(role="user", content=q)]) for q in QUESTIONS]
 
     single = LlamaEngine(gguf, n_ctx=N_CTX, threads=args.threads, n_gpu_layers=0, flash_attn=False)
+    variants: dict[str, dict[str, bool]] = {"BatchEngine": {}}
+    if args.flash:
+        variants["BatchEngine flash"] = {"flash_attn": True}
+    if args.split:
+        variants["BatchEngine split"] = {"unified_kv": False}
     engines = {
-        flash: BatchEngine(
-            gguf, slots=8, n_ctx=N_CTX, threads=args.threads, n_gpu_layers=0, flash_attn=flash
+        name: BatchEngine(
+            gguf,
+            slots=8,
+            n_ctx=N_CTX,  # split: N_CTX / 8 cells per sequence, enough for these prompts
+            threads=args.threads,
+            n_gpu_layers=0,
+            flash_attn=options.get("flash_attn", False),
+            unified_kv=options.get("unified_kv", True),
         )
-        for flash in ([False, True] if args.flash else [False])
+        for name, options in variants.items()
     }
     runs: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.rounds):
         runs.setdefault(("LlamaEngine", 1), []).append(
             single_stream(single, prompts[:2], args.tokens)
         )
-        for flash, engine in engines.items():
-            for n in [8] if flash else [1, 4, 8]:
-                rate = batched(engine, prompts[:n], args.tokens)
-                runs.setdefault(("BatchEngine" + (" flash" if flash else ""), n), []).append(rate)
+        for name, engine in engines.items():
+            for n in [1, 4, 8] if name == "BatchEngine" else [8]:
+                runs.setdefault((name, n), []).append(batched(engine, prompts[:n], args.tokens))
     for engine in engines.values():
         engine.close()
 

@@ -90,6 +90,22 @@ def small_engine() -> Iterator[BatchEngine]:
     engine.close()
 
 
+@pytest.fixture(scope="module")
+def split_engine() -> Iterator[BatchEngine]:
+    engine = BatchEngine(
+        default_gguf_path(),
+        slots=4,
+        n_ctx=1024,
+        threads=2,
+        n_gpu_layers=0,
+        flash_attn=False,
+        prefill_chunk=CHUNK,
+        unified_kv=False,
+    )
+    yield engine
+    engine.close()
+
+
 def prompt(engine: BatchEngine, *messages: ChatMessage) -> list[int]:
     return engine.prompt_tokens(job(*messages))
 
@@ -146,6 +162,20 @@ def test_four_sequences_decode_together(engine: BatchEngine) -> None:
     # A given batch composition in a given layout is deterministic.
     engine.clear_cache()
     assert run(engine, prompts, 8).tokens == together.tokens
+
+
+def test_with_a_cache_per_sequence_batching_does_not_change_the_output(
+    split_engine: BatchEngine,
+) -> None:
+    """Each sequence's cells start at 0 in its own stream, so (measured on CPU) its logits do
+    not depend on what else is in the batch."""
+    engine = split_engine
+    assert engine.info.n_ctx == 1024 // 4  # what one job may use
+    prompts = [prompt(engine, user(q)) for q in QUESTIONS]
+    alone = [run(engine, [p], 6).tokens[0] for p in prompts]
+    together = run(engine, prompts, 6)
+    assert max(together.batch_sizes) == 4
+    assert together.tokens == alone
 
 
 def test_a_shared_prefix_is_reused_and_gives_the_fresh_output(engine: BatchEngine) -> None:
