@@ -1,12 +1,13 @@
-"""Test doubles shared by the unit tests: a scripted engine and a recording publisher."""
+"""Test doubles shared by the unit tests: scripted engines and a recording publisher."""
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from api.tokenizers import Tokenizers
 from shared.events import DoneEvent, ErrorEvent, TokenEvent
 from shared.job import GenerationJob, SamplingParams
-from worker.engine import EngineBusyError, EngineInfo, Sampled
+from worker.engine import EngineBusyError, EngineInfo, KVCacheFullError, Sampled
 
 EOS = -1
 
@@ -69,6 +70,102 @@ class FakeEngine:
 
     def release(self, slot: int) -> None:
         self._position = None
+
+    def self_check(self) -> None:
+        pass
+
+
+def script(name: int, length: int, prefill_steps: int = 0) -> list[int]:
+    """A prompt for FakeBatchEngine: tokens `name * 1000 + i` for i < length, then the end."""
+    return [name, length, prefill_steps]
+
+
+def expected_tokens(prompt: list[int]) -> list[int]:
+    name, length, _ = prompt
+    return [name * 1000 + i for i in range(length)]
+
+
+@dataclass
+class _FakeSequence:
+    prompt: list[int]
+    prefill_left: int
+    emitted: int = 0
+
+
+@dataclass
+class FakeBatchEngine:
+    """N slots stepped together. A prompt `script(name, length, prefill_steps)` waits
+    `prefill_steps` steps, then gives one token a step, then an end-of-generation token (the
+    fake, like llama.cpp, goes on past it until released). Records what the scheduler did.
+
+    `fail_next` is raised by the next step; `full_next` names slots for a KVCacheFullError
+    raised by the next step; a start with name -1 is refused with ValueError.
+    """
+
+    slots: int = 4
+    step_delay_s: float = 0.0
+    fail_next: Exception | None = None
+    full_next: tuple[int, ...] = ()
+    steps: int = 0
+    started: list[tuple[int, list[int]]] = field(default_factory=list)
+    released: list[tuple[int, int]] = field(default_factory=list)  # (slot, steps done then)
+    emitted: list[tuple[int, int, int]] = field(default_factory=list)  # (step, slot, token)
+    max_batch: int = 0
+    _running: dict[int, _FakeSequence] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(n_ctx=4096, backend="cpu", slots=self.slots, load_seconds=0.0)
+
+    def prompt_tokens(self, job: GenerationJob) -> list[int]:
+        return script(7, 3)
+
+    def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
+        if prompt[0] == -1:
+            raise ValueError("refused")
+        with self._lock:
+            free = [slot for slot in range(self.slots) if slot not in self._running]
+            if not free:
+                raise EngineBusyError("busy")
+            self._running[free[0]] = _FakeSequence(prompt, prefill_left=prompt[2])
+            self.started.append((free[0], prompt))
+        return free[0]
+
+    def step(self) -> list[Sampled]:
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+        if self.full_next:
+            slots, self.full_next = self.full_next, ()
+            raise KVCacheFullError(slots, "full")
+        out: list[Sampled] = []
+        with self._lock:
+            self.steps += 1
+            self.max_batch = max(self.max_batch, len(self._running))
+            for slot, sequence in sorted(self._running.items()):
+                if sequence.prefill_left:
+                    sequence.prefill_left -= 1
+                    continue
+                name, length, _ = sequence.prompt
+                done = sequence.emitted >= length
+                token = EOS if done else name * 1000 + sequence.emitted
+                sequence.emitted += 1
+                out.append(
+                    Sampled(
+                        slot=slot, token=token, piece=b"" if done else b"t ", end_of_generation=done
+                    )
+                )
+                self.emitted.append((self.steps, slot, token))
+        return out
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            assert slot in self._running, f"slot {slot} released twice"
+            del self._running[slot]
+            self.released.append((slot, self.steps))
 
     def self_check(self) -> None:
         pass

@@ -22,6 +22,19 @@ def worker(
     gguf: Annotated[Path | None, typer.Option(help="GGUF file (default: SmolLM2).")] = None,
     n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context window.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
+    slots: Annotated[
+        int | None, typer.Option(help="Jobs decoded together in one batch (default 8).")
+    ] = None,
+    kv_cells: Annotated[
+        int | None,
+        typer.Option("--kv-cells", help="KV cache tokens shared by the slots (n-ctx x slots)."),
+    ] = None,
+    prefill_chunk: Annotated[
+        int | None, typer.Option("--prefill-chunk", help="Prompt tokens evaluated per step.")
+    ] = None,
+    flash_attn: Annotated[
+        bool | None, typer.Option("--flash-attn/--no-flash-attn", help="Flash attention.")
+    ] = None,
     n_gpu_layers: Annotated[
         int | None, typer.Option("--n-gpu-layers", help="Layers to offload, -1 for all.")
     ] = None,
@@ -41,6 +54,10 @@ def worker(
         "gguf": gguf,
         "n_ctx": n_ctx,
         "threads": threads,
+        "slots": slots,
+        "kv_cells": kv_cells,
+        "prefill_chunk": prefill_chunk,
+        "flash_attn": flash_attn,
         "n_gpu_layers": n_gpu_layers,
         "metrics_port": metrics_port,
         "metrics_host": metrics_host,

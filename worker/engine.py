@@ -47,6 +47,18 @@ class EngineBusyError(RuntimeError):
     """No free slot."""
 
 
+class KVCacheFullError(RuntimeError):
+    """The sequences in `slots` cannot go on: the context shared by every slot is full.
+
+    Raised by `step()` before it computes anything, so no other slot loses a token: release
+    the slots named and step again.
+    """
+
+    def __init__(self, slots: tuple[int, ...], message: str) -> None:
+        super().__init__(message)
+        self.slots = slots
+
+
 class EngineCheckError(RuntimeError):
     """The engine cannot compute on this machine: its start-up check failed."""
 

@@ -9,26 +9,14 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
-from shared.job import ChatMessage, GenerationJob, SamplingParams
+from shared.job import GenerationJob, SamplingParams
 from shared.tokenizer import PromptTokenizer
 from worker.engine import EngineBusyError, EngineCheckError, EngineInfo, Sampled
+from worker.engine_check import CHECK_MESSAGES, check_decoding
 
 log = logging.getLogger(__name__)
 
 _SLOT = 0
-
-# The start-up check's conversation: a few dozen tokens through the chat template, so the
-# multi-token (batched matrix) kernels run as they do for a real prompt.
-_CHECK_MESSAGES = [
-    ChatMessage(role="system", content="You are a helpful assistant. Answer in one short line."),
-    ChatMessage(
-        role="user",
-        content="Name three colours of the rainbow and one animal that lives in the sea, "
-        "then say which of them you like best and why.",
-    ),
-]
-_CHECK_MIN_PROMPT = 32
-_CHECK_DECODE = 4
 
 _FILE_TYPES = {
     getattr(llama_cpp, name): name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_")
@@ -153,26 +141,10 @@ class LlamaEngine:
             raise EngineCheckError(f"{type(exc).__name__}: {exc}") from exc
 
     def _check(self) -> None:
-        prompt = self._tokenizer.chat(_CHECK_MESSAGES)
-        if len(prompt) < _CHECK_MIN_PROMPT:  # a tokenizer that lost the text; never a real check
-            raise EngineCheckError(f"the check prompt has only {len(prompt)} tokens")
         n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        slot = self.start(prompt, SamplingParams(temperature=0.0), seed=0)
-        try:
-            for n in range(_CHECK_DECODE):
-                (sampled,) = self.step()
-                logits = np.ctypeslib.as_array(
-                    llama_cpp.llama_get_logits_ith(self._llama._ctx.ctx, -1), shape=(n_vocab,)
-                )
-                if not np.isfinite(logits).all():
-                    where = "the prompt" if n == 0 else f"decode step {n}"
-                    raise EngineCheckError(
-                        f"non-finite logits (NaN or inf) after {where}: the model file is "
-                        "damaged or this llama.cpp build computes wrongly on this machine"
-                    )
-                if not 0 <= sampled.token < n_vocab:
-                    raise EngineCheckError(f"token {sampled.token} is not in the vocabulary")
-                if sampled.end_of_generation:
-                    break
-        finally:
-            self.release(slot)
+
+        def logits(sampled: Sampled) -> npt.NDArray[np.float32]:
+            pointer = llama_cpp.llama_get_logits_ith(self._llama._ctx.ctx, -1)
+            return np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+
+        check_decoding(self, self._tokenizer.chat(CHECK_MESSAGES), n_vocab, logits)

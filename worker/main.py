@@ -20,13 +20,15 @@ from shared.model_facts import describe
 from shared.queues import model_queue
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
+from worker.batch_engine import BatchEngine
 from worker.engine import Engine, EngineCheckError
 from worker.heartbeat import Heartbeat, Lease
-from worker.llama_engine import LlamaEngine
 from worker.observe import WorkerObserver, serve
 from worker.publisher import BatchingPublisher
 from worker.rq_worker import Slot, serve_slots, stop_on_signals
 from worker.runner import JobRunner
+from worker.scheduler import Scheduler
+from worker.slot_engine import SlotEngine
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +48,30 @@ def run_worker(settings: WorkerSettings) -> None:
     )
     # Describing the file (hash, metadata) overlaps with loading the weights.
     facts = ThreadPoolExecutor(max_workers=1).submit(describe, control_redis, gguf)
-    engine = LlamaEngine(
+    engine = BatchEngine(
         gguf,
-        n_ctx=settings.n_ctx,
+        slots=settings.slots,
+        n_ctx=settings.kv_size,
+        seq_ctx=settings.n_ctx,
         threads=settings.threads,
         n_gpu_layers=settings.n_gpu_layers,
         flash_attn=settings.flash_attn,
+        prefill_chunk=settings.prefill_chunk,
     )
-    log.info("loaded in %.2fs on %s", engine.info.load_seconds, engine.info.backend)
+    log.info(
+        "loaded in %.2fs on %s: %d slots, %d KV cells",
+        engine.info.load_seconds,
+        engine.info.backend,
+        settings.slots,
+        settings.kv_size,
+    )
     _check_engine(engine)
+
+    def report_step() -> None:
+        if engine.last_step is not None:
+            observer.step(engine.last_step)
+
+    scheduler = Scheduler(engine, on_step=report_step)
     info = WorkerInfo(
         worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         model=settings.model,
@@ -79,11 +96,14 @@ def run_worker(settings: WorkerSettings) -> None:
             if max_running
             else None
         )
-        runner = JobRunner(engine, publisher, control, observer, settings.job_timeout_s)
+        runner = JobRunner(
+            SlotEngine(scheduler), publisher, control, observer, settings.job_timeout_s
+        )
         slots.append(Slot(index, runner, gate))
         if gate is not None:
             leases.append(gate)
     stopping = threading.Event()
+    scheduler.start()
     handler = stop_on_signals(stopping)
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -103,6 +123,7 @@ def run_worker(settings: WorkerSettings) -> None:
             settings.heartbeat_ttl_s,
             stopping,
         )
+    scheduler.stop()
     publisher.close()  # what the last jobs published is sent before the process exits
 
 

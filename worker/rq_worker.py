@@ -120,8 +120,20 @@ class SlotWorker(ModelWorker):
         while not self.stopping.is_set():
             found = super().dequeue_job_and_maintain_ttl(POLL_S, max_idle_time=POLL_S)
             if found is not None:
+                if self.stopping.is_set():  # taken while the stop came: not this worker's
+                    self._give_back(*found)
+                    break
                 return found
         raise StopRequested()
+
+    def _give_back(self, job: Job, queue: Queue) -> None:
+        """Put a dequeued job back at the front of its queue, as if never taken."""
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+            pipe.execute()
+        if self.gate is not None:
+            self.gate.release()
 
 
 @dataclass

@@ -25,7 +25,7 @@ from shared.events import (
 )
 from shared.job import GenerationJob
 from shared.lifecycle.worker_side import StartDecision
-from worker.engine import Engine
+from worker.engine import Engine, KVCacheFullError
 from worker.stops import StopMatcher, Utf8Decoder
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,8 @@ class JobRunner:
             return self._generate(job)
         except JobError as exc:
             return ErrorEvent(code=exc.code, message=exc.message)
+        except KVCacheFullError as exc:  # other jobs hold the shared context: a retry may fit
+            return ErrorEvent(code=ErrorCode.BACKEND_UNAVAILABLE, message=str(exc))
         except Exception:
             log.exception("job %s failed", job.id)
             return ErrorEvent(code=ErrorCode.INTERNAL, message="the worker failed the job")

@@ -1,0 +1,340 @@
+"""One engine thread driving a batched engine for many consumer threads.
+
+The thread owns the engine and loops: free the slots of sequences that ended or were closed,
+admit the sequences opened since the last step, `step()`, and hand each sampled token to its
+sequence's consumer. A sequence opened while others decode joins at the next step.
+
+Consumers (the slot threads) only touch `Sequence`s: iterate one for its tokens, `close()` it
+to cancel. Slots are counted by a semaphore taken in `open` and given back once the engine
+thread has released the slot, so `open` waits while every slot is taken (up to its timeout,
+then EngineBusyError). With one consumer thread per slot that wait is at most one step: a
+consumer's previous sequence is freed at the step after its `close()`.
+
+Every sequence ends exactly once: with its end-of-generation token, by `close()`, or with an
+error (a failed start, a failed step, the scheduler stopping) that its consumer's iteration
+raises. `llama_decode` releases the GIL, so consumers run while the model computes.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+
+from shared.job import GenerationJob, SamplingParams
+from worker.engine import Engine, EngineBusyError, EngineInfo, KVCacheFullError, Sampled
+
+log = logging.getLogger(__name__)
+
+# How long a blocked call waits before looking again at what may have changed (a close, a stop).
+_POLL_S = 0.1
+
+
+class SchedulerStoppedError(RuntimeError):
+    """The scheduler stopped (or is not running) before the sequence could end."""
+
+
+class EngineStepError(RuntimeError):
+    """The engine failed a step this sequence was in; the cause is chained."""
+
+
+class SequenceEndedError(RuntimeError):
+    """A token was asked of a sequence that has ended (closed, or past its last token)."""
+
+
+class EndReason(StrEnum):
+    END_OF_GENERATION = "end_of_generation"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class _End:
+    error: BaseException | None
+
+
+class Sequence:
+    """One generation running in the scheduler: iterate it for its tokens, in order.
+
+    Iteration blocks until the next token (looking every 0.1 s whether the sequence was
+    closed), yields the end-of-generation token last, and raises the sequence's error if it
+    failed. `close()` cancels; it may be called from any thread, any number of times.
+    """
+
+    def __init__(self, prompt: list[int], sampling: SamplingParams, seed: int) -> None:
+        self.prompt = prompt
+        self.sampling = sampling
+        self.seed = seed
+        self.slot: int | None = None  # set once the engine has started it
+        self.end_reason: EndReason | None = None  # set once, when the sequence ends
+        self._tokens: queue.SimpleQueue[Sampled | _End] = queue.SimpleQueue()
+        self._started = threading.Event()  # started in a slot, or ended before
+        self._start_error: BaseException | None = None
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._consumed_end = False
+        self._wake: threading.Event | None = None  # the scheduler's, set by `open`
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        """Cancel: no more tokens are handed out; the slot is freed at the next step."""
+        self._closed.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    def wait_started(self, timeout: float | None = None) -> int:
+        """Block until the engine has started the sequence; its slot. Raises the start's
+        error (EngineBusyError, a bad prompt, SchedulerStoppedError), or TimeoutError."""
+        if not self._started.wait(timeout):
+            raise TimeoutError("the sequence has not started yet")
+        if self._start_error is not None:
+            raise self._start_error
+        if self.slot is None:  # ended (closed) before it started
+            raise SequenceEndedError("the sequence ended before it started")
+        return self.slot
+
+    def get(self, timeout: float | None = None) -> Sampled | None:
+        """The next token; None when none came within `timeout` seconds (None: wait).
+
+        Raises SequenceEndedError once the sequence has ended (after its last token, or
+        closed), or the sequence's error if it failed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._consumed_end or self.closed:
+                raise SequenceEndedError("the sequence has ended")
+            wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+            try:
+                item = self._tokens.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
+            if isinstance(item, _End):
+                self._consumed_end = True
+                if item.error is not None:
+                    raise item.error
+                raise SequenceEndedError("the sequence has ended")
+            return item
+
+    def __iter__(self) -> "Sequence":
+        return self
+
+    def __next__(self) -> Sampled:
+        try:
+            sampled = self.get()
+        except SequenceEndedError:
+            raise StopIteration from None
+        assert sampled is not None  # get() without a timeout waits for a token or the end
+        return sampled
+
+    # The engine thread's side.
+
+    def _deliver(self, sampled: Sampled) -> None:
+        self._tokens.put(sampled)
+
+    def _admitted(self, slot: int) -> None:
+        self.slot = slot
+        self._started.set()
+
+    def _end(self, reason: EndReason, error: BaseException | None = None) -> bool:
+        """End the sequence unless it already has; True if this call ended it."""
+        with self._lock:
+            if self.end_reason is not None:
+                return False
+            self.end_reason = reason
+        if self.slot is None and error is not None:
+            self._start_error = error  # never started: `wait_started` raises it
+        self._tokens.put(_End(error))
+        self._started.set()
+        return True
+
+    @property
+    def _ended(self) -> bool:
+        return self.end_reason is not None
+
+
+class Scheduler:
+    """Runs an `Engine` on its own thread for any number of consumer threads."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        name: str = "engine",
+        on_step: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`on_step` is called on the engine thread after every step that ran (metrics)."""
+        self.engine = engine
+        self._on_step = on_step
+        self.steps = 0  # engine steps run, for metrics
+        self._free_slots = threading.Semaphore(engine.info.slots)
+        self._submitted: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._accepting = False
+        self._lock = threading.Lock()  # `_accepting` and what is in `_submitted`
+        self._active: dict[int, Sequence] = {}  # slot -> sequence; the engine thread's only
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.engine.info
+
+    @property
+    def running(self) -> int:
+        """Sequences holding a slot."""
+        return len(self._active)
+
+    def start(self) -> None:
+        with self._lock:
+            self._accepting = True
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """End the thread; sequences still running end with SchedulerStoppedError."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "Scheduler":
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def check_engine(self) -> None:
+        """The engine's start-up check; only before `start()`, while nothing else runs."""
+        if self._thread.is_alive():
+            raise RuntimeError("check the engine before starting its scheduler")
+        self.engine.self_check()
+
+    def prompt_tokens(self, job: GenerationJob) -> list[int]:
+        """Tokenize on the caller's thread: the engine's tokenizer only reads its vocabulary."""
+        return self.engine.prompt_tokens(job)
+
+    def open(
+        self, prompt: list[int], sampling: SamplingParams, seed: int, timeout: float | None = None
+    ) -> Sequence:
+        """Queue a sequence; it starts at the next step. Waits up to `timeout` seconds (None:
+        as long as it takes) for a free slot, then raises EngineBusyError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+            if self._free_slots.acquire(timeout=max(0.0, wait)):
+                break
+            if self._stopping.is_set():
+                raise SchedulerStoppedError("the scheduler has stopped")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise EngineBusyError(f"all {self.info.slots} slots stayed busy for {timeout} s")
+        sequence = Sequence(prompt, sampling, seed)
+        sequence._wake = self._wake
+        with self._lock:
+            if not self._accepting:
+                self._free_slots.release()
+                raise SchedulerStoppedError("the scheduler is not running")
+            self._submitted.put(sequence)
+        self._wake.set()
+        return sequence
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                self._free()
+                self._admit()
+                if self._active:
+                    self._step()
+                else:
+                    self._wake.wait(_POLL_S)
+        except BaseException:
+            log.exception("the engine thread failed")
+        finally:
+            self._shut_down()
+
+    def _free(self) -> None:
+        """Release the slots of sequences that ended or were closed since the last step."""
+        for slot, sequence in list(self._active.items()):
+            if sequence.closed:
+                sequence._end(EndReason.CLOSED)
+            if sequence._ended:
+                del self._active[slot]
+                try:
+                    self.engine.release(slot)
+                except Exception:
+                    log.exception("releasing slot %d failed", slot)
+                self._free_slots.release()
+
+    def _admit(self) -> None:
+        while True:
+            try:
+                sequence = self._submitted.get_nowait()
+            except queue.Empty:
+                return
+            if sequence.closed:
+                sequence._end(EndReason.CLOSED)
+                self._free_slots.release()
+                continue
+            try:
+                slot = self.engine.start(sequence.prompt, sequence.sampling, sequence.seed)
+            except Exception as exc:
+                sequence._end(EndReason.ERROR, exc)
+                self._free_slots.release()
+                continue
+            assert slot not in self._active, f"the engine started slot {slot} twice"
+            self._active[slot] = sequence
+            sequence._admitted(slot)
+
+    def _step(self) -> None:
+        try:
+            sampled = self.engine.step()
+        except KVCacheFullError as exc:
+            # Nothing was computed: only the sequences named end; the others step again.
+            named = [slot for slot in exc.slots if slot in self._active]
+            for slot in named or list(self._active):
+                self._active[slot]._end(EndReason.ERROR, KVCacheFullError((slot,), str(exc)))
+            return
+        except Exception as exc:
+            log.exception("an engine step failed; its %d sequences end", len(self._active))
+            for sequence in self._active.values():
+                error = EngineStepError(f"the engine failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                sequence._end(EndReason.ERROR, error)
+            return
+        self.steps += 1
+        try:
+            self._on_step()
+        except Exception:
+            log.exception("the step observer failed")
+        for token in sampled:
+            receiver = self._active.get(token.slot)
+            if receiver is None or receiver._ended or receiver.closed:
+                continue  # a cancelled sequence's last tokens: nobody reads them
+            receiver._deliver(token)
+            if token.end_of_generation:
+                receiver._end(EndReason.END_OF_GENERATION)
+
+    def _shut_down(self) -> None:
+        with self._lock:
+            self._accepting = False
+        self._free()  # the closed and the ended first: they end as they would have
+        for sequence in self._active.values():
+            sequence._end(EndReason.ERROR, SchedulerStoppedError("the scheduler stopped"))
+        self._free()
+        while True:
+            try:
+                sequence = self._submitted.get_nowait()
+            except queue.Empty:
+                break
+            sequence._end(EndReason.ERROR, SchedulerStoppedError("the scheduler stopped"))
+            self._free_slots.release()
