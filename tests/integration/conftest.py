@@ -41,7 +41,9 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def worker(redis_server: RedisServer, logs: Path) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(redis_server, DEFAULT_MODEL, logs / "worker.log")
+    """The session's worker holds one sequence: tests that keep it busy (queueing, 429,
+    deadlines) rely on one stream filling it. Batching is tested with workers of its own."""
+    proc = WorkerProcess(redis_server, DEFAULT_MODEL, logs / "worker.log", "--slots", "1")
     try:
         yield proc
     finally:
