@@ -63,7 +63,11 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
         )
-        wait_for(self._answers, 10, "redis-server")
+        try:
+            wait_for(self._answers, 10, "redis-server")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self._proc is not None:
@@ -115,6 +119,14 @@ class Process:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def _wait_ready(self, check: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Wait until `check` passes; a process that never gets there is stopped, not leaked."""
+        try:
+            wait_for(check, timeout_s, what)
+        except BaseException:
+            self.stop()
+            raise
+
 
 class WorkerProcess(Process):
     def __init__(self, redis: RedisServer, model: str, log: Path, *extra: str) -> None:
@@ -135,7 +147,7 @@ class WorkerProcess(Process):
             log,
         )
         self.model = model
-        wait_for(lambda: self._registered(redis), 60, f"worker for {model} ({log})")
+        self._wait_ready(lambda: self._registered(redis), 60, f"worker for {model} ({log})")
 
     def _registered(self, redis: RedisServer) -> bool:
         assert self.proc.poll() is None, self.output()
@@ -154,7 +166,7 @@ class ApiProcess(Process):
             {"TOKENQ_REDIS_URL": redis.url, **(env or {})},
             log,
         )
-        wait_for(self._healthy, 30, f"api ({log})")
+        self._wait_ready(self._healthy, 30, f"api ({log})")
 
     def _healthy(self) -> bool:
         assert self.proc.poll() is None, self.output()
