@@ -215,7 +215,10 @@ async def run_level(
     url: str, system: str, concurrency: int, tokens: int, requests: int, extra: dict[str, Any]
 ) -> Level:
     """`concurrency` clients, each sending `requests` requests back to back."""
-    limits = httpx.Limits(max_connections=concurrency + 4)
+    # A new connection per request, as separate clients would open: llama-server (cpp-httplib)
+    # closes a kept-alive connection after its 5 s keep-alive timeout, long streams included,
+    # and a request sent on it then fails.
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(
         base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits, trust_env=False
     ) as client:
