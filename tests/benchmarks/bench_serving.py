@@ -20,7 +20,9 @@ same list is sent to every system. A server that accepts `ignore_eos` (or vLLM's
 stream may stop early and the table's tok/req shows the real count.
 
 Per level: aggregate tokens/s (all generated tokens / wall time of the level), time to first
-content chunk p50/p95, inter-chunk latency p50 over all streams, and per-stream decode tokens/s.
+content chunk p50/p95, inter-chunk latency p50 over all streams, per-stream decode tokens/s, and
+`others`: the CPU cores processes outside this benchmark took meanwhile (ggml's threads wait
+for each other at every step, so a busy neighbour on 2 cores can slow a level many times over).
 Prints the table and the ratios the continuous-batching issue names, writes serving.json and
 serving.png (tokens/s and TTFT p50 against concurrency, one line per system) under --out.
 Only 127.0.0.1 is contacted; every process started is stopped whatever happens.
@@ -107,9 +109,11 @@ class Level:
     stream_tps: float
     tokens_per_request: float
     requests: int
+    others_cores: float
 
     @classmethod
-    def of(cls, system: str, concurrency: int, wall: float, streams: list[Stream]) -> "Level":
+    def of(cls, system: str, concurrency: int, window: "Window", streams: list[Stream]) -> "Level":
+        wall, others = window.close()
         ttfts = [s.ttft * 1000 for s in streams]
         gaps = [g * 1000 for s in streams for g in s.gaps]
         total = sum(s.tokens for s in streams)
@@ -123,6 +127,7 @@ class Level:
             stream_tps=statistics.median(s.decode_rate for s in streams),
             tokens_per_request=total / len(streams),
             requests=len(streams),
+            others_cores=others,
         )
 
 
@@ -133,6 +138,48 @@ def percentile(values: list[float], q: float) -> float:
     low = int(pos)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+class Window:
+    """A measurement's wall time, and the CPU that processes other than this one and its
+    children took meanwhile: on a shared machine, a sign that the numbers are not clean."""
+
+    def __init__(self) -> None:
+        self._busy, self._own = busy_ticks(), own_ticks()
+        self._start = time.perf_counter()
+
+    def close(self) -> tuple[float, float]:
+        wall = time.perf_counter() - self._start
+        others = (busy_ticks() - self._busy) - (own_ticks() - self._own)
+        return wall, max(others, 0) / os.sysconf("SC_CLK_TCK") / wall
+
+
+def busy_ticks() -> int:
+    """CPU time all processes took since boot (Linux /proc/stat: all but idle and iowait)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(fields) - fields[3] - fields[4]
+
+
+def own_ticks() -> int:
+    """CPU time of this process and every process it started, directly or not."""
+    parent, ticks = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        pid = int(entry.name)
+        parent[pid], ticks[pid] = int(fields[1]), int(fields[11]) + int(fields[12])
+    mine = {os.getpid()}
+    grew = True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in mine} - mine
+        mine |= more
+        grew = bool(more)
+    return sum(ticks[pid] for pid in mine)
 
 
 # --- in process -------------------------------------------------------------------------------
@@ -168,9 +215,9 @@ def in_process(tokens: int, requests: int, n_ctx: int, threads: int) -> Level:
         return stream
 
     one(WARM_UP, 8)  # warm up
-    start = time.perf_counter()
+    window = Window()
     streams = [one(n, tokens) for n in range(requests)]
-    return Level.of("in process", 1, time.perf_counter() - start, streams)
+    return Level.of("in process", 1, window, streams)
 
 
 # --- over HTTP --------------------------------------------------------------------------------
@@ -230,13 +277,12 @@ async def run_level(
                 for r in range(requests)
             ]
 
-        start = time.perf_counter()
+        window = Window()
         per_client = await asyncio.wait_for(
             asyncio.gather(*(client_loop(i) for i in range(concurrency))),
             timeout=REQUEST_TIMEOUT_S * requests,
         )
-        wall = time.perf_counter() - start
-    return Level.of(system, concurrency, wall, [s for c in per_client for s in c])
+    return Level.of(system, concurrency, window, [s for c in per_client for s in c])
 
 
 def probe_exact_length(url: str) -> dict[str, Any]:
@@ -385,15 +431,16 @@ def tokenq_levels(args: argparse.Namespace, tmp: Path) -> tuple[list[Level], dic
 
 HEADER = (
     f"{'system':<13}{'conc':>5}{'agg tok/s':>11}{'TTFT p50':>10}{'TTFT p95':>10}"
-    f"{'ITL p50':>9}{'stream tok/s':>14}{'tok/req':>9}{'reqs':>6}"
+    f"{'ITL p50':>10}{'stream tok/s':>14}{'tok/req':>9}{'reqs':>6}{'others':>8}"
 )
 
 
 def row(level: Level) -> str:
     return (
         f"{level.system:<13}{level.concurrency:>5}{level.agg_tps:>11.1f}"
-        f"{level.ttft_p50_ms:>8.1f}ms{level.ttft_p95_ms:>8.1f}ms{level.itl_p50_ms:>7.2f}ms"
+        f"{level.ttft_p50_ms:>8.1f}ms{level.ttft_p95_ms:>8.1f}ms{level.itl_p50_ms:>8.2f}ms"
         f"{level.stream_tps:>14.1f}{level.tokens_per_request:>9.1f}{level.requests:>6}"
+        f"{level.others_cores:>8.2f}"
     )
 
 
@@ -485,6 +532,12 @@ def main() -> None:
     print()
     for line in ratios(levels):
         print(line)
+    busiest = max(level.others_cores for level in levels)
+    if busiest > 0.1:
+        print(
+            f"others: other processes took up to {busiest:.2f} of {os.cpu_count()} cores "
+            "during a level: those numbers are not clean"
+        )
     print(f"exact length: llama-server {server_extra or 'no'}, tokenq {tq_extra or 'no'}")
     print(f"llama-server: {' '.join(command)}")
 
