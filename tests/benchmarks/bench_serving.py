@@ -1,7 +1,7 @@
 """Serving under concurrency: llama-cpp-python in process, llama.cpp's llama-server, tokenq.
 
     .venv/bin/python -m tests.benchmarks.bench_serving [--concurrency 1 8 16] [--tokens 128]
-        [--requests 2] [--slots N] [--out DIR] [--llama-server PATH]
+        [--requests 4] [--slots N] [--out DIR] [--llama-server PATH]
 
 On this machine, one system at a time, with the same prompts and settings (the default GGUF,
 greedy, --threads CPU threads, --n-ctx tokens of context per stream, flash attention off as in
@@ -504,7 +504,7 @@ def main() -> None:
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens of each request")
-    parser.add_argument("--requests", type=int, default=2, help="requests per client per level")
+    parser.add_argument("--requests", type=int, default=4, help="requests per client per level")
     parser.add_argument("--slots", type=int, default=None, help="tokenq worker --slots")
     parser.add_argument("--n-ctx", type=int, default=4096, help="context per stream")
     parser.add_argument("--threads", type=int, default=2)
