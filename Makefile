@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint redis-server deploy-tools toolchain llama-cpp
+.PHONY: run test lint redis-server deploy-tools toolchain llama-cpp llama-server
 
 run: redis-server llama-cpp $(VENV)/.runtime
 	$(VENV)/bin/tokenq up
@@ -60,3 +60,8 @@ $(VENV)/.runtime: pyproject.toml | llama-cpp
 $(VENV)/.test: pyproject.toml $(VENV)/.runtime
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
+
+# llama.cpp's own server, from the llama.cpp llama-cpp-python vendors, with the same CPU flags:
+# the reference of tests/benchmarks/bench_serving.py. Not part of `run` or `test`; prints the path.
+llama-server: | $(VENV)/bin/python toolchain
+	bash deploy/build-llama-server.sh $(PY)
