@@ -110,6 +110,10 @@ class NativeContext:
         self.n_ctx: int = llama_cpp.llama_n_ctx(ctx)
         self.n_ctx_seq: int = llama_cpp.llama_n_ctx_seq(ctx)  # cells one sequence may hold
 
+    def set_threads(self, threads: int) -> None:
+        """Threads for the next decodes (generation and prompt batches alike)."""
+        llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
+
     def decode(self, batch: "TokenBatch") -> int:
         """llama_decode's status: 0 done, DECODE_NO_KV_SLOT, or another failure code."""
         return int(llama_cpp.llama_decode(self.ctx, batch.batch))

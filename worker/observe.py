@@ -109,24 +109,33 @@ class WorkerObserver:
 
 
 class _StepWindow:
-    """Token rates over the steps of the last `span_s` seconds."""
+    """Token rates over the steps of the last `span_s` seconds (running sums: O(1) a step, on
+    the engine's thread)."""
 
     def __init__(self, span_s: float = 10.0) -> None:
         self._span_s = span_s
         self._steps: deque[tuple[float, StepStats]] = deque()
+        self._decoded = 0
+        self._prompt = 0
+        self._prefill_s = 0.0
 
     def add(self, stats: StepStats) -> tuple[float, float]:
         """Decode tokens per wall second, prompt tokens per second of prefill step time."""
         now = time.monotonic()
         self._steps.append((now, stats))
+        self._count(stats, 1)
         while now - self._steps[0][0] > self._span_s:
-            self._steps.popleft()
+            self._count(self._steps.popleft()[1], -1)
         first = self._steps[0][0] - self._steps[0][1].seconds
         wall = max(now - first, 1e-9)
-        decoded = sum(s.decoded_tokens for _, s in self._steps)
-        prefill_s = sum(s.seconds for _, s in self._steps if s.prompt_tokens)
-        prompt = sum(s.prompt_tokens for _, s in self._steps)
-        return decoded / wall, (prompt / prefill_s if prefill_s > 0 else 0.0)
+        prefill = self._prompt / self._prefill_s if self._prefill_s > 1e-9 else 0.0
+        return self._decoded / wall, prefill
+
+    def _count(self, stats: StepStats, sign: int) -> None:
+        self._decoded += sign * stats.decoded_tokens
+        if stats.prompt_tokens:
+            self._prompt += sign * stats.prompt_tokens
+            self._prefill_s += sign * stats.seconds
 
 
 class _Server(ThreadingMixIn, WSGIServer):

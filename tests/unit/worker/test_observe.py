@@ -153,3 +153,22 @@ def test_error_outcome_is_logged_with_its_message(
     observer.finished(job(), ErrorEvent(code=ErrorCode.INTERNAL, message="boom"))
     line = json.loads(json_log.getvalue().splitlines()[-1])
     assert line["outcome"] == "internal_error" and line["error"] == "boom"
+
+
+def test_step_rates_over_the_window() -> None:
+    from worker.engine import StepStats
+    from worker.observe import _StepWindow
+
+    window = _StepWindow(span_s=60)
+    decode, prefill = 0.0, 0.0
+    for _ in range(10):
+        decode, prefill = window.add(
+            StepStats(
+                sequences=2, prompt_tokens=0, decoded_tokens=2, seconds=0.01, kv_cells_used=9
+            )
+        )
+    assert decode > 0 and prefill == 0.0
+    _, prefill = window.add(
+        StepStats(sequences=1, prompt_tokens=100, decoded_tokens=0, seconds=0.5, kv_cells_used=9)
+    )
+    assert prefill == 200.0  # 100 prompt tokens in 0.5 s of prefill steps
