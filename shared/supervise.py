@@ -54,8 +54,14 @@ class Child:
         self.tail.clear()
         self.was_ready = False
         self.restart_at = None
+        # A session of its own: a terminal's Ctrl-C reaches `tokenq up` alone, which then
+        # stops its children in order (see `Supervisor.stop`).
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         threading.Thread(target=self._copy, args=(self.proc,), daemon=True).start()
 
@@ -146,10 +152,8 @@ class Supervisor:
         return death
 
     def stop(self) -> None:
-        """Stop every child, last started first."""
-        for child in reversed(self.children):
-            if child.proc is not None and child.proc.poll() is None:
-                child.proc.terminate()
+        """Stop every child, last started first, each gone before the next is asked (the API
+        before the worker it relays, the worker before the Redis it books its jobs in)."""
         for child in reversed(self.children):
             child.stop()
 
