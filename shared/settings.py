@@ -150,7 +150,15 @@ class WorkerSettings(Settings):
     kv_cells: int | None = Field(
         default=None,
         ge=64,
-        description="KV cache size in tokens, shared by the slots; None: n_ctx * slots.",
+        description="KV cache size in tokens, for all slots together; None: n_ctx * slots.",
+    )
+    kv_unified: bool = Field(
+        default=False,
+        description=(
+            "One cache all slots share (a job may use more than kv_cells / slots) instead of "
+            "a part per slot; measured slower when batching, and output then depends on the "
+            "batch (see README)."
+        ),
     )
     prefill_chunk: int = Field(
         default=256,

@@ -29,6 +29,10 @@ def worker(
         int | None,
         typer.Option("--kv-cells", help="KV cache tokens shared by the slots (n-ctx x slots)."),
     ] = None,
+    kv_unified: Annotated[
+        bool | None,
+        typer.Option("--kv-unified/--kv-per-slot", help="One cache shared by all slots."),
+    ] = None,
     prefill_chunk: Annotated[
         int | None, typer.Option("--prefill-chunk", help="Prompt tokens evaluated per step.")
     ] = None,
@@ -56,6 +60,7 @@ def worker(
         "threads": threads,
         "slots": slots,
         "kv_cells": kv_cells,
+        "kv_unified": kv_unified,
         "prefill_chunk": prefill_chunk,
         "flash_attn": flash_attn,
         "n_gpu_layers": n_gpu_layers,

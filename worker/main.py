@@ -57,6 +57,7 @@ def run_worker(settings: WorkerSettings) -> None:
         n_gpu_layers=settings.n_gpu_layers,
         flash_attn=settings.flash_attn,
         prefill_chunk=settings.prefill_chunk,
+        unified_kv=settings.kv_unified,
     )
     log.info(
         "loaded in %.2fs on %s: %d slots, %d KV cells",
