@@ -127,38 +127,7 @@ async def test_a_queued_stream_past_its_deadline_ends_with_an_error(harness: Har
 
 async def asgi_post(harness: Harness, body: dict[str, Any], gone: asyncio.Event) -> list[Any]:
     """Drive the ASGI app by hand: the client disconnects when `gone` is set."""
-    payload = json.dumps(body).encode()
-    sent: list[Any] = []
-    delivered = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": payload, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"tokenq")],
-        "client": ("127.0.0.1", 1),
-        "server": ("tokenq", 80),
-        "state": {},
-    }
-    await harness.app(scope, receive, send)
-    return sent
+    return await harness.asgi("/v1/chat/completions", body, gone=gone)
 
 
 @pytest.mark.parametrize(
