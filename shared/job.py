@@ -21,6 +21,12 @@ MAX_STOP_LENGTH = 256
 # int32 (any value beyond the vocabulary is the same as none).
 MAX_SEED = 2**32 - 2
 MAX_TOP_K = 2**31 - 1
+# OpenAI's bounds: top_logprobs 0..20, logit_bias values -100..100; n sequences of one prompt
+# take n slots of a worker at once.
+MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0
+MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_N = 8
 
 
 def _unicode(value: object) -> object:
@@ -98,6 +104,26 @@ class SamplingParams(BaseModel):
         default=0, ge=0, description="No end-of-generation token before this many tokens."
     )
 
+    grammar: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A GBNF grammar (root rule `root`) every output must match.",
+    )
+    logit_bias: dict[
+        Annotated[int, Field(ge=0)],
+        Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)],
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_LOGIT_BIAS_ENTRIES,
+        description="Added to the logits of these token ids before sampling.",
+    )
+    logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="None: no log-probabilities; k: the sampled token's and the k most likely.",
+    )
+
     def suppress_eog(self, generated: int) -> bool:
         """Whether end-of-generation tokens are banned for the next token."""
         return self.ignore_eos or generated < self.min_tokens
@@ -134,6 +160,9 @@ class GenerationJob(BaseModel):
         default=None,
         ge=1,
         description="A context smaller than the worker's for this job (Ollama's num_ctx).",
+    )
+    n: int = Field(
+        default=1, ge=1, le=MAX_N, description="Sequences generated from the one prompt."
     )
 
     @model_validator(mode="after")
