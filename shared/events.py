@@ -1,4 +1,5 @@
-"""The events a worker publishes for one job: tokens, then exactly one terminal event."""
+"""The events a worker publishes for one job: tokens (and, for n > 1 sequences, one end per
+sequence), then exactly one terminal event."""
 
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -43,13 +44,50 @@ class Timings(BaseModel):
     load: float = Field(default=0.0, description="Model loading charged to this job.")
 
 
+class TopLogprob(BaseModel):
+    """A token and its log-probability at one step (natural log, over the raw logits)."""
+
+    token: str = Field(description="The token's text (invalid UTF-8 replaced).")
+    bytes: list[int] = Field(description="The token's exact bytes.")
+    logprob: float
+
+
+class TokenLogprob(TopLogprob):
+    """A sampled token's log-probability and the most likely tokens at its step."""
+
+    top: list[TopLogprob] = Field(
+        default_factory=list, description="The k most likely tokens, most likely first."
+    )
+
+
 class TokenEvent(BaseModel):
     type: Literal["token"] = "token"
-    index: int = Field(description="0-based position of this delta in the job's output.")
+    index: int = Field(description="0-based position of this event in the job's output events.")
     text: str
+    choice: int = Field(default=0, description="Which of the job's n sequences.")
+    logprobs: list[TokenLogprob] | None = Field(
+        default=None,
+        description="When asked for: one entry per token whose text this delta completes "
+        "(a delta may carry several tokens; merged deltas concatenate them).",
+    )
+
+
+class ChoiceEndEvent(BaseModel):
+    """One of a job's n > 1 sequences ended; the job's DoneEvent follows the last of them."""
+
+    type: Literal["choice_end"] = "choice_end"
+    index: int = Field(description="Position in the job's output events (shared with tokens).")
+    choice: int
+    finish_reason: FinishReason
+    stop_sequence: str | None = None
+    completion_tokens: int
 
 
 class DoneEvent(BaseModel):
+    """The job's end. With n > 1, `finish_reason` and `stop_sequence` are the first
+    sequence's (each has its ChoiceEndEvent) and `usage` counts the prompt once and the
+    tokens of every sequence."""
+
     type: Literal["done"] = "done"
     finish_reason: FinishReason
     stop_sequence: str | None = None
@@ -63,11 +101,11 @@ class ErrorEvent(BaseModel):
     message: str
 
 
-Event = Annotated[TokenEvent | DoneEvent | ErrorEvent, Field(discriminator="type")]
+Event = Annotated[TokenEvent | ChoiceEndEvent | DoneEvent | ErrorEvent, Field(discriminator="type")]
 TerminalEvent = DoneEvent | ErrorEvent
 
 event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
 
-def parse_event(raw: str | bytes) -> TokenEvent | DoneEvent | ErrorEvent:
+def parse_event(raw: str | bytes) -> TokenEvent | ChoiceEndEvent | DoneEvent | ErrorEvent:
     return event_adapter.validate_json(raw)

@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass, field
 
 from api.tokenizers import Tokenizers
-from shared.events import DoneEvent, ErrorEvent, TokenEvent
+from shared.events import Event
 from shared.job import GenerationJob, SamplingParams
 from worker.engine import EngineBusyError, EngineInfo, KVCacheFullError, Sampled
 
@@ -51,6 +51,12 @@ class FakeEngine:
         self.started_with.append((sampling, seed))
         self._position = 0
         return 0
+
+    def start_group(
+        self, prompt: list[int], sampling: SamplingParams, seeds: list[int]
+    ) -> list[int]:
+        assert len(seeds) == 1, "a FakeEngine holds one sequence"
+        return [self.start(prompt, sampling, seeds[0])]
 
     def step(self) -> list[Sampled]:
         assert self._position is not None
@@ -132,6 +138,15 @@ class FakeBatchEngine:
             self.started.append((free[0], prompt))
         return free[0]
 
+    def start_group(
+        self, prompt: list[int], sampling: SamplingParams, seeds: list[int]
+    ) -> list[int]:
+        """Every sequence of the group plays the same script."""
+        with self._lock:
+            if len(self._running) + len(seeds) > self.slots:
+                raise EngineBusyError("busy")
+        return [self.start(prompt, sampling, seed) for seed in seeds]
+
     def step(self) -> list[Sampled]:
         if self.step_delay_s:
             time.sleep(self.step_delay_s)
@@ -173,9 +188,9 @@ class FakeBatchEngine:
 
 @dataclass
 class RecordingPublisher:
-    events: list[tuple[str, TokenEvent | DoneEvent | ErrorEvent]] = field(default_factory=list)
+    events: list[tuple[str, Event]] = field(default_factory=list)
 
-    def publish(self, job_id: str, event: TokenEvent | DoneEvent | ErrorEvent) -> None:
+    def publish(self, job_id: str, event: Event) -> None:
         self.events.append((job_id, event))
 
 

@@ -50,6 +50,7 @@ from worker.llama_native import (
     SamplerChain,
     TokenBatch,
 )
+from worker.logprobs import entry, log_softmax
 
 DEFAULT_PREFILL_CHUNK = 256
 # Tokens per compute graph: llama.cpp's default. A step of several prompt chunks is split
@@ -72,6 +73,9 @@ class _Slot:
     logits_index: int = -1  # where the last sampled token's logits are in the last batch
     sampling: SamplingParams | None = None
     generated: int = 0  # tokens sampled since start
+    # A sibling (n > 1) waiting for this slot's prompt: it gets a copy of the prompt's KV
+    # cells and samples from the same logits once the prompt's last chunk is evaluated.
+    copy_of: int | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,45 @@ class BatchEngine:
         self.reused_tokens += keep
         return slot.seq
 
+    def start_group(
+        self, prompt: list[int], sampling: SamplingParams, seeds: list[int]
+    ) -> list[int]:
+        """len(seeds) sequences of one prompt, each with its own chain and seed: the prompt is
+        evaluated once, in the first slot, and its KV cells copied to the others
+        (llama_memory_seq_cp; between per-slot caches llama.cpp copies the stream's data)."""
+        if not seeds:
+            raise ValueError("a group has at least one sequence")
+        free = sum(not slot.active for slot in self._slots)
+        if free < len(seeds):
+            raise EngineBusyError(f"{len(seeds)} sequences want slots; {free} are free")
+        first = self.start(prompt, sampling, seeds[0])
+        slots = [first]
+        try:
+            for seed in seeds[1:]:
+                slots.append(self._fork(first, sampling, seed))
+        except BaseException:
+            for slot in slots:
+                self.release(slot)
+            raise
+        return slots
+
+    def _fork(self, parent: int, sampling: SamplingParams, seed: int) -> int:
+        chain = SamplerChain(sampling, seed, self._model)
+        # The emptiest free cache: it is dropped for the copy.
+        slot = min((s for s in self._slots if not s.active), key=lambda s: len(s.cached))
+        self._evict(slot)
+        slot.copy_of = parent
+        slot.pending = []
+        slot.next_token = None
+        slot.logits_index = -1
+        slot.chain = chain
+        slot.sampling = sampling
+        slot.generated = 0
+        slot.active = True
+        self._order += 1
+        slot.started = self._order
+        return slot.seq
+
     def step(self) -> list[Sampled]:
         """One llama_decode: a token for every decoding slot, chunks of pending prompts.
 
@@ -257,9 +300,20 @@ class BatchEngine:
         for slot, n in plan.prefills:
             slot.cached.extend(slot.pending[:n])
             slot.pending = slot.pending[n:]
+        for sibling in self._slots:  # n > 1: siblings of a prompt evaluated just now
+            if sibling.copy_of is not None and sibling.copy_of in indices:
+                parent = self._slots[sibling.copy_of]
+                if not parent.pending:
+                    self._ctx.copy(parent.seq, sibling.seq)
+                    sibling.cached = list(parent.cached)
+                    sibling.copy_of = None
+                    indices[sibling.seq] = indices[parent.seq]
         self.last_batch_sequences = len(plan.decoders) + len(plan.prefills)
         self.last_batch_tokens = len(batch)
-        sampled = [self._sample(self._slots[seq], index) for seq, index in indices.items()]
+        logprobs: dict[int, npt.NDArray[np.float64]] = {}  # batch index -> raw logprobs
+        sampled = [
+            self._sample(self._slots[seq], index, logprobs) for seq, index in indices.items()
+        ]
         self.last_step = StepStats(
             sequences=self.last_batch_sequences,
             prompt_tokens=len(batch) - len(plan.decoders),
@@ -280,6 +334,14 @@ class BatchEngine:
             state.chain.close()
         state.chain = None
         state.active = False
+        if state.copy_of is not None:  # released before its prompt was evaluated: no cache
+            state.copy_of = None
+            state.cached = []
+        # Siblings still waiting for this prompt will get nothing: they stay idle until their
+        # own release (a job's sequences are released together when it ends early).
+        for sibling in self._slots:
+            if sibling.copy_of == slot:
+                sibling.copy_of = None
         state.pending = []
         state.next_token = None
         self._order += 1
@@ -375,8 +437,16 @@ class BatchEngine:
             raise self._full(slots)
         raise RuntimeError(f"llama_decode failed with status {status}")
 
-    def _sample(self, slot: _Slot, index: int) -> Sampled:
+    def _sample(
+        self, slot: _Slot, index: int, logprobs: dict[int, npt.NDArray[np.float64]]
+    ) -> Sampled:
+        """Sample the slot's next token; `logprobs` caches, per batch index, the raw logits'
+        log-softmax (siblings of n > 1 share their first index)."""
         assert slot.chain is not None and slot.sampling is not None
+        k = slot.sampling.logprobs
+        if k is not None and index not in logprobs:  # before anything edits the logits
+            raw = np.ctypeslib.as_array(self._ctx.logits(index, self._model.n_vocab))
+            logprobs[index] = log_softmax(raw)
         if slot.sampling.suppress_eog(slot.generated):  # ignore_eos, min_tokens
             logits = np.ctypeslib.as_array(self._ctx.logits(index, self._model.n_vocab))
             logits[self._eog_ids] = -np.inf
@@ -391,6 +461,7 @@ class BatchEngine:
             token=token,
             piece=self._model.piece(token),
             end_of_generation=self._model.is_eog(token),
+            logprob=None if k is None else entry(logprobs[index], token, k, self._model.piece),
         )
 
     def _evict_idle(self, wanted: int) -> int:

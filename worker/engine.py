@@ -9,6 +9,7 @@ backend today holds one slot.
 from dataclasses import dataclass
 from typing import Protocol
 
+from shared.events import TokenLogprob
 from shared.job import GenerationJob, SamplingParams
 
 
@@ -29,6 +30,7 @@ class Sampled:
     token: int
     piece: bytes  # the token's bytes; may be part of a multi-byte character
     end_of_generation: bool
+    logprob: TokenLogprob | None = None  # when the sequence asked for logprobs
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,12 @@ class Engine(Protocol):
 
     def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
         """Begin a sequence in a free slot and return the slot."""
+        ...
+
+    def start_group(
+        self, prompt: list[int], sampling: SamplingParams, seeds: list[int]
+    ) -> list[int]:
+        """Begin len(seeds) sequences of one prompt, evaluated once (n > 1); their slots."""
         ...
 
     def step(self) -> list[Sampled]:

@@ -97,6 +97,13 @@ class LlamaEngine:
         )
         return _SLOT
 
+    def start_group(
+        self, prompt: list[int], sampling: SamplingParams, seeds: list[int]
+    ) -> list[int]:
+        if len(seeds) != 1:
+            raise EngineBusyError("the llama.cpp backend holds one sequence")
+        return [self.start(prompt, sampling, seeds[0])]
+
     def _eog_ban(
         self, prompt_len: int, sampling: SamplingParams
     ) -> llama_cpp.LogitsProcessorList | None:

@@ -130,6 +130,13 @@ class NativeContext:
         """Drop the sequence's cells from position `keep` on; False if the cache cannot."""
         return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq, keep, -1))
 
+    def copy(self, source: int, target: int) -> None:
+        """Give `target` all of `source`'s cells (the target's own are dropped first). Between
+        per-sequence caches llama.cpp copies the whole stream's data at the next decode; it
+        asserts the copy is of whole sequences, which -1..-1 is."""
+        llama_cpp.llama_memory_seq_rm(self.memory, target, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+
     def cells(self, seq: int) -> int:
         """KV cells the sequence holds (its positions are contiguous from its first)."""
         last = llama_cpp.llama_memory_seq_pos_max(self.memory, seq)

@@ -15,11 +15,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.events import DoneEvent, ErrorEvent, TokenEvent
+from shared.events import Event
 
 log = logging.getLogger(__name__)
-
-Event = TokenEvent | DoneEvent | ErrorEvent
 
 
 class RedisPublisher:

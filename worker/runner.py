@@ -8,7 +8,6 @@ stop (cancelled): cancellation is cooperative, and the slot is freed at once.
 import logging
 import random
 import time
-from collections.abc import Callable
 from typing import Protocol
 
 from shared import logs
@@ -20,19 +19,14 @@ from shared.events import (
     FinishReason,
     TerminalEvent,
     Timings,
-    TokenEvent,
     Usage,
 )
 from shared.job import GenerationJob
 from shared.lifecycle.worker_side import StartDecision
-from worker.engine import Engine, InvalidSamplingError, KVCacheFullError
-from worker.stops import StopMatcher, Utf8Decoder
+from worker.engine import Engine, EngineBusyError, InvalidSamplingError, KVCacheFullError
+from worker.output import ChoiceOutput, JobOutput, OutputStopped, Publisher
 
 log = logging.getLogger(__name__)
-
-
-class Publisher(Protocol):
-    def publish(self, job_id: str, event: TokenEvent | DoneEvent | ErrorEvent) -> None: ...
 
 
 class JobControl(Protocol):
@@ -74,38 +68,6 @@ class JobError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-class _TextOutput:
-    """Turns sampled token bytes into text deltas, honouring the job's stop strings."""
-
-    def __init__(
-        self, job_id: str, stops: list[str], publisher: Publisher, claim: Callable[[], bool]
-    ) -> None:
-        self._job_id = job_id
-        self._publisher = publisher
-        self._claim = claim
-        self._decoder = Utf8Decoder()
-        self._stops = StopMatcher(stops)
-        self._index = 0
-        self.stop_sequence: str | None = None
-
-    def add(self, piece: bytes) -> bool:
-        """Emit what is safe of this token; True when a stop string matched."""
-        text, self.stop_sequence = self._stops.feed(self._decoder.feed(piece))
-        self._emit(text)
-        return self.stop_sequence is not None
-
-    def finish(self) -> None:
-        text, self.stop_sequence = self._stops.feed(self._decoder.flush())
-        self._emit(text if self.stop_sequence else text + self._stops.flush())
-
-    def _emit(self, text: str) -> None:
-        if text:
-            if self._index == 0 and not self._claim():
-                raise _stopped()
-            self._publisher.publish(self._job_id, TokenEvent(index=self._index, text=text))
-            self._index += 1
 
 
 class JobObserver(Protocol):
@@ -163,6 +125,8 @@ class JobRunner:
             return ErrorEvent(code=exc.code, message=exc.message)
         except KVCacheFullError as exc:  # other jobs hold the shared context: a retry may fit
             return ErrorEvent(code=ErrorCode.BACKEND_UNAVAILABLE, message=str(exc))
+        except EngineBusyError as exc:  # n > 1 sequences waited for slots held by other jobs
+            return ErrorEvent(code=ErrorCode.BACKEND_UNAVAILABLE, message=str(exc))
         except Exception:
             log.exception("job %s failed", job.id)
             return ErrorEvent(code=ErrorCode.INTERNAL, message="the worker failed the job")
@@ -171,23 +135,31 @@ class JobRunner:
         started = time.time()
         if started > job.deadline:
             raise JobError(ErrorCode.DEADLINE_EXCEEDED, "the job waited past its deadline")
+        if job.n > self.engine.info.slots:
+            raise JobError(
+                ErrorCode.INVALID_REQUEST,
+                f"n={job.n} sequences need {job.n} slots; this worker has {self.engine.info.slots}",
+            )
         prompt = self.engine.prompt_tokens(job)
         if not prompt:  # jobs never hold empty text, but a chat template may render nothing
             raise JobError(ErrorCode.INVALID_REQUEST, "the prompt is empty: nothing to evaluate")
         max_tokens = self._max_tokens(job, len(prompt))
         seed = job.sampling.seed if job.sampling.seed is not None else random.getrandbits(32)
-        output = _TextOutput(
-            job.id, job.sampling.stop, self.publisher, lambda: self.control.claim_output(job)
-        )
+        out = JobOutput(job.id, self.publisher, lambda: self.control.claim_output(job))
         try:
-            slot = self.engine.start(prompt, job.sampling, seed)
+            if job.n == 1:
+                slots = [self.engine.start(prompt, job.sampling, seed)]
+            else:  # each sequence its own seed: seed, seed+1, ...
+                seeds = [(seed + i) & 0xFFFFFFFF for i in range(job.n)]
+                slots = self.engine.start_group(prompt, job.sampling, seeds)
         except InvalidSamplingError as exc:
             raise JobError(ErrorCode.INVALID_REQUEST, str(exc)) from exc
+        asked = job.sampling.logprobs is not None
+        choices = [ChoiceOutput(i, job.sampling.stop, out, asked) for i in range(job.n)]
+        live = dict(zip(slots, choices, strict=True))
         first_token_at: float | None = None
-        finish = FinishReason.LENGTH
-        generated = 0
         try:
-            while generated < max_tokens:
+            while live:
                 if self.control.should_stop(job):
                     raise _stopped()
                 if self.job_timeout_s is not None and time.time() - started > self.job_timeout_s:
@@ -195,27 +167,41 @@ class JobRunner:
                         ErrorCode.DEADLINE_EXCEEDED,
                         f"the job ran past its time limit of {self.job_timeout_s:g} s",
                     )
-                (sampled,) = (s for s in self.engine.step() if s.slot == slot)
-                first_token_at = first_token_at or time.time()
-                if sampled.end_of_generation:
-                    finish = FinishReason.STOP
-                    break
-                generated += 1
-                if output.add(sampled.piece):
-                    finish = FinishReason.STOP_SEQUENCE
-                    break
+                for sampled in self.engine.step():
+                    choice = live.get(sampled.slot)
+                    if choice is None:
+                        continue
+                    first_token_at = first_token_at or time.time()
+                    finish: FinishReason | None = None
+                    if sampled.end_of_generation:
+                        finish = FinishReason.STOP
+                    elif choice.add(sampled.piece, sampled.logprob):
+                        finish = FinishReason.STOP_SEQUENCE
+                    elif choice.generated >= max_tokens:
+                        finish = FinishReason.LENGTH
+                    if finish is not None:
+                        del live[sampled.slot]
+                        self.engine.release(sampled.slot)
+                        choice.end(finish)
+                        if job.n > 1:
+                            out.choice_end(
+                                choice.choice, finish, choice.stop_sequence, choice.generated
+                            )
+        except OutputStopped:
+            raise _stopped() from None
         finally:
-            self.engine.release(slot)
-        if finish is not FinishReason.STOP_SEQUENCE:
-            output.finish()
-            if output.stop_sequence is not None:
-                finish = FinishReason.STOP_SEQUENCE
+            for slot in live:
+                self.engine.release(slot)
         ended = time.time()
         first = first_token_at or ended
+        assert choices[0].finish is not None
         return DoneEvent(
-            finish_reason=finish,
-            stop_sequence=output.stop_sequence,
-            usage=Usage(prompt_tokens=len(prompt), completion_tokens=generated),
+            finish_reason=choices[0].finish,
+            stop_sequence=choices[0].stop_sequence,
+            usage=Usage(
+                prompt_tokens=len(prompt),
+                completion_tokens=sum(choice.generated for choice in choices),
+            ),
             timings=Timings(
                 queued=max(0.0, started - job.created_at),
                 prompt_eval=first - started,

@@ -15,6 +15,7 @@ error (a failed start, a failed step, the scheduler stopping) that its consumer'
 raises. `llama_decode` releases the GIL, so consumers run while the model computes.
 """
 
+import contextlib
 import logging
 import queue
 import threading
@@ -64,10 +65,18 @@ class Sequence:
     failed. `close()` cancels; it may be called from any thread, any number of times.
     """
 
-    def __init__(self, prompt: list[int], sampling: SamplingParams, seed: int) -> None:
+    def __init__(
+        self,
+        prompt: list[int],
+        sampling: SamplingParams,
+        seed: int,
+        siblings: "list[Sequence] | None" = None,
+    ) -> None:
         self.prompt = prompt
         self.sampling = sampling
         self.seed = seed
+        # n > 1: the other sequences of this prompt, started with it in one engine call.
+        self.siblings = siblings or []
         self.slot: int | None = None  # set once the engine has started it
         self.end_reason: EndReason | None = None  # set once, when the sequence ends
         self._tokens: queue.SimpleQueue[Sampled | _End] = queue.SimpleQueue()
@@ -180,6 +189,7 @@ class Scheduler:
         self._stopping = threading.Event()
         self._accepting = False
         self._lock = threading.Lock()  # `_accepting` and what is in `_submitted`
+        self._gathering = threading.Lock()  # held by the group gathering its slots
         self._active: dict[int, Sequence] = {}  # slot -> sequence; the engine thread's only
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -228,24 +238,51 @@ class Scheduler:
     ) -> Sequence:
         """Queue a sequence; it starts at the next step. Waits up to `timeout` seconds (None:
         as long as it takes) for a free slot, then raises EngineBusyError."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
-            if self._free_slots.acquire(timeout=max(0.0, wait)):
-                break
-            if self._stopping.is_set():
-                raise SchedulerStoppedError("the scheduler has stopped")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise EngineBusyError(f"all {self.info.slots} slots stayed busy for {timeout} s")
-        sequence = Sequence(prompt, sampling, seed)
-        sequence._wake = self._wake
+        return self.open_group(prompt, sampling, [seed], timeout)[0]
+
+    def open_group(
+        self, prompt: list[int], sampling: SamplingParams, seeds: list[int], timeout: float | None
+    ) -> list[Sequence]:
+        """Queue len(seeds) sequences of one prompt, evaluated once (n > 1), started together
+        at the next step; waits for that many free slots as `open` does for one."""
+        if not 1 <= len(seeds) <= self.info.slots:
+            raise ValueError(f"{len(seeds)} sequences cannot fit {self.info.slots} slots")
+        self._acquire(len(seeds), timeout)
+        first = Sequence(prompt, sampling, seeds[0])
+        first.siblings = [Sequence(prompt, sampling, seed) for seed in seeds[1:]]
+        group = [first, *first.siblings]
+        for sequence in group:
+            sequence._wake = self._wake
         with self._lock:
             if not self._accepting:
-                self._free_slots.release()
+                self._free_slots.release(len(group))
                 raise SchedulerStoppedError("the scheduler is not running")
-            self._submitted.put(sequence)
+            self._submitted.put(first)
         self._wake.set()
-        return sequence
+        return group
+
+    def _acquire(self, n: int, timeout: float | None) -> None:
+        """Take n slots; one group at a time gathers its slots, so two never hold part each."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        taken = 0
+        with self._gathering if n > 1 else contextlib.nullcontext():
+            try:
+                while taken < n:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    wait = _POLL_S if left is None else min(_POLL_S, left)
+                    if self._free_slots.acquire(timeout=max(0.0, wait)):
+                        taken += 1
+                        continue
+                    if self._stopping.is_set():
+                        raise SchedulerStoppedError("the scheduler has stopped")
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise EngineBusyError(
+                            f"{n} of the {self.info.slots} slots did not free up in {timeout} s"
+                        )
+            except BaseException:
+                if taken:
+                    self._free_slots.release(taken)
+                raise
 
     def _run(self) -> None:
         try:
@@ -281,19 +318,28 @@ class Scheduler:
                 sequence = self._submitted.get_nowait()
             except queue.Empty:
                 return
-            if sequence.closed:
-                sequence._end(EndReason.CLOSED)
-                self._free_slots.release()
+            group = [sequence, *sequence.siblings]
+            if any(s.closed for s in group):
+                for member in group:
+                    member._end(EndReason.CLOSED)
+                self._free_slots.release(len(group))
                 continue
             try:
-                slot = self.engine.start(sequence.prompt, sequence.sampling, sequence.seed)
+                if sequence.siblings:
+                    slots = self.engine.start_group(
+                        sequence.prompt, sequence.sampling, [s.seed for s in group]
+                    )
+                else:
+                    slots = [self.engine.start(sequence.prompt, sequence.sampling, sequence.seed)]
             except Exception as exc:
-                sequence._end(EndReason.ERROR, exc)
-                self._free_slots.release()
+                for member in group:
+                    member._end(EndReason.ERROR, exc)
+                self._free_slots.release(len(group))
                 continue
-            assert slot not in self._active, f"the engine started slot {slot} twice"
-            self._active[slot] = sequence
-            sequence._admitted(slot)
+            for member, slot in zip(group, slots, strict=True):
+                assert slot not in self._active, f"the engine started slot {slot} twice"
+                self._active[slot] = member
+                member._admitted(slot)
 
     def _step(self) -> None:
         try:
@@ -336,5 +382,6 @@ class Scheduler:
                 sequence = self._submitted.get_nowait()
             except queue.Empty:
                 break
-            sequence._end(EndReason.ERROR, SchedulerStoppedError("the scheduler stopped"))
-            self._free_slots.release()
+            for member in (sequence, *sequence.siblings):
+                member._end(EndReason.ERROR, SchedulerStoppedError("the scheduler stopped"))
+                self._free_slots.release()

@@ -14,23 +14,24 @@ DEFAULT_OPEN_TIMEOUT_S = 30.0
 
 
 class SlotEngine:
-    """One sequence at a time on `scheduler`; not to be shared between threads."""
+    """One job's sequences at a time on `scheduler` (n > 1 of one prompt: several); not to be
+    shared between threads."""
 
     def __init__(
         self, scheduler: Scheduler, open_timeout_s: float | None = DEFAULT_OPEN_TIMEOUT_S
     ) -> None:
         self._scheduler = scheduler
         self._open_timeout_s = open_timeout_s
-        self._sequence: Sequence | None = None
+        self._sequences: dict[int, Sequence] = {}  # slot -> its running sequence
 
     @property
     def info(self) -> EngineInfo:
         return self._scheduler.info
 
     @property
-    def sequence(self) -> Sequence | None:
-        """The running sequence: another thread may `close()` it to cancel the job."""
-        return self._sequence
+    def sequences(self) -> list[Sequence]:
+        """The running sequences: another thread may `close()` them to cancel the job."""
+        return list(self._sequences.values())
 
     def prompt_tokens(self, job: GenerationJob) -> list[int]:
         return self._scheduler.prompt_tokens(job)
@@ -38,33 +39,41 @@ class SlotEngine:
     def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
         """Open a sequence and wait until it holds a slot (EngineBusyError when none frees
         up within the open timeout; the engine's start error if it refused the prompt)."""
-        if self._sequence is not None:
-            raise EngineBusyError("a slot engine runs one sequence at a time")
-        sequence = self._scheduler.open(prompt, sampling, seed, timeout=self._open_timeout_s)
+        return self.start_group(prompt, sampling, [seed])[0]
+
+    def start_group(
+        self, prompt: list[int], sampling: SamplingParams, seeds: list[int]
+    ) -> list[int]:
+        """`start` for len(seeds) sequences of one prompt, evaluated once."""
+        if self._sequences:
+            raise EngineBusyError("a slot engine runs one job at a time")
+        group = self._scheduler.open_group(prompt, sampling, seeds, timeout=self._open_timeout_s)
         try:
-            slot = sequence.wait_started()
+            slots = [sequence.wait_started() for sequence in group]
         except BaseException:
-            sequence.close()
+            for sequence in group:
+                sequence.close()
             raise
-        self._sequence = sequence
-        return slot
+        self._sequences = dict(zip(slots, group, strict=True))
+        return slots
 
     def step(self) -> list[Sampled]:
-        """The sequence's next token, waiting for the engine's step that samples it.
+        """Each running sequence's next token, waiting for the engine's step that samples it.
 
-        Raises the sequence's error (a failed step, a full context), or SequenceEndedError if
-        it was closed from another thread or has ended.
+        Raises a sequence's error (a failed step, a full context), or SequenceEndedError if
+        one was closed from another thread or has ended.
         """
-        if self._sequence is None:
-            return []
-        sampled = self._sequence.get()
-        assert sampled is not None  # get() without a timeout waits for a token or the end
-        return [sampled]
+        out = []
+        for sequence in list(self._sequences.values()):
+            sampled = sequence.get()
+            assert sampled is not None  # get() without a timeout waits for a token or the end
+            out.append(sampled)
+        return out
 
     def release(self, slot: int) -> None:
-        if self._sequence is not None:
-            self._sequence.close()
-            self._sequence = None
+        sequence = self._sequences.pop(slot, None)
+        if sequence is not None:
+            sequence.close()
 
     def self_check(self) -> None:
         """The engine's own check; only before the scheduler starts."""
