@@ -21,6 +21,7 @@ from shared.metrics import CLIENT_CLOSED, ApiMetrics, RejectReason
 
 log = logging.getLogger("tokenq.requests")
 
+
 class RequestObservation:
     def __init__(self, metrics: ApiMetrics, flavour: Flavour, *, counted: bool) -> None:
         """Open one; `counted`: the route takes a request body (it generates, or tries to)."""
@@ -51,6 +52,8 @@ class RequestObservation:
             elif self._last_token is not None:
                 self._inter_token.observe(now - self._last_token)
             self._last_token = now
+            return
+        if event.type == "choice_end":  # one of n sequences; the job goes on
             return
         self.terminal = event
         if event.type == "done":

@@ -5,6 +5,7 @@ clean-up live here once.
 """
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from fastapi.responses import StreamingResponse
@@ -12,24 +13,74 @@ from fastapi.responses import StreamingResponse
 from api.errors import ApiError, from_event
 from api.sse import PING, format_comment
 from api.stream import JobStream, KeepAlive, Notice, Queued
-from shared.events import DoneEvent, ErrorEvent, Event, TokenEvent
+from shared.events import (
+    ChoiceEndEvent,
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    FinishReason,
+    TokenEvent,
+    TokenLogprob,
+)
 
 T = TypeVar("T")
 
 
-async def collect(stream: JobStream) -> tuple[str, DoneEvent]:
+@dataclass
+class ChoiceText:
+    """One of the job's sequences, whole."""
+
+    text: str
+    logprobs: list[TokenLogprob] | None  # None when not asked for
+    finish_reason: FinishReason
+    stop_sequence: str | None
+
+
+@dataclass
+class Collected:
+    """A job's whole output: its sequences by index (one unless n > 1), and its end."""
+
+    choices: list[ChoiceText]
+    done: DoneEvent
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+
+async def collect(stream: JobStream) -> Collected:
     """The whole output and the done event; a worker error is raised as an ApiError."""
+    n = stream.job.n
     async with stream:
-        parts: list[str] = []
+        parts: list[list[str]] = [[] for _ in range(n)]
+        logprobs: list[list[TokenLogprob] | None] = [None] * n
+        ends: dict[int, ChoiceEndEvent] = {}
         async for event in stream.events():
             if isinstance(event, Queued | KeepAlive):
                 continue
             if isinstance(event, TokenEvent):
-                parts.append(event.text)
+                parts[event.choice].append(event.text)
+                if event.logprobs is not None:
+                    logprobs[event.choice] = (logprobs[event.choice] or []) + event.logprobs
+            elif isinstance(event, ChoiceEndEvent):
+                ends[event.choice] = event
             elif isinstance(event, ErrorEvent):
                 raise from_event(event)
             else:
-                return "".join(parts), event
+                if stream.job.sampling.logprobs is not None:  # asked: a list, maybe empty
+                    logprobs = [entries or [] for entries in logprobs]
+                choices = []
+                for i in range(n):
+                    end = ends.get(i)
+                    choices.append(
+                        ChoiceText(
+                            text="".join(parts[i]),
+                            logprobs=logprobs[i],
+                            finish_reason=end.finish_reason if end else event.finish_reason,
+                            stop_sequence=end.stop_sequence if end else event.stop_sequence,
+                        )
+                    )
+                return Collected(choices, event)
     raise AssertionError("a job stream always ends with a terminal event")
 
 
@@ -43,6 +94,10 @@ class StreamEncoder:
 
     def token(self, event: TokenEvent) -> list[bytes]:
         raise NotImplementedError
+
+    def choice_end(self, event: ChoiceEndEvent) -> list[bytes]:
+        """One of n > 1 sequences ended (only flavours that take n see these)."""
+        return []
 
     def done(self, event: DoneEvent) -> list[bytes]:
         raise NotImplementedError
@@ -65,13 +120,12 @@ async def answer(
     stream: JobStream,
     streaming: bool,
     make_encoder: Callable[[], StreamEncoder],
-    whole: Callable[[str, DoneEvent], T],
+    whole: Callable[[Collected], T],
 ) -> T | StreamingResponse:
     """The job's answer: its frames as they come, or the response `whole` builds once it ended."""
     if streaming:
         return await stream_response(stream, make_encoder)
-    text, done = await collect(stream)
-    return whole(text, done)
+    return whole(await collect(stream))
 
 
 async def stream_response(
@@ -132,6 +186,8 @@ def _encode(encoder: StreamEncoder, item: Event | Notice) -> list[bytes]:
         return encoder.keepalive()
     if isinstance(item, TokenEvent):
         return encoder.token(item)
+    if isinstance(item, ChoiceEndEvent):
+        return encoder.choice_end(item)
     if isinstance(item, DoneEvent):
         return encoder.done(item)
     return encoder.error(from_event(item))

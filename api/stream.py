@@ -21,7 +21,15 @@ from redis.exceptions import RedisError
 from api.inbox import Inbox, Reading
 from api.observe import RequestObservation
 from api.state import AppState
-from shared.events import DoneEvent, ErrorCode, ErrorEvent, Event, TokenEvent, parse_event
+from shared.events import (
+    ChoiceEndEvent,
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    Event,
+    TokenEvent,
+    parse_event,
+)
 from shared.job import GenerationJob
 from shared.lifecycle import JobRecord, JobStatus
 from shared.lifecycle.admission import Reclaimed, reclaim
@@ -154,7 +162,7 @@ class JobStream:
     async def _in_order(self, event: Event) -> Event:
         """The event, or an error when token events went missing: published while the hub
         was reconnecting to Redis, they are lost, and the answer would silently lack them."""
-        if not isinstance(event, TokenEvent):
+        if not isinstance(event, TokenEvent | ChoiceEndEvent):
             return event
         if event.index != self._next_index:
             log.warning(

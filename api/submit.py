@@ -8,7 +8,7 @@ before anyone listens.
 
 import anyio
 
-from api.errors import ContextLengthExceededError, QueueFullError
+from api.errors import ContextLengthExceededError, InvalidRequestError, QueueFullError
 from api.inbox import Inbox
 from api.models import require_live_worker
 from api.observe import RequestObservation
@@ -33,6 +33,7 @@ async def submit(
         observation.submitted(job)
     await _refuse_if_full(state, job.model)
     workers = await require_live_worker(state, job.model)
+    await _check_sampling(state, job, workers)
     prompt_tokens = await _check_context(state, job, workers)
     inbox = Inbox()
     await state.hub.subscribe(job.id, inbox)  # returns once Redis confirmed it
@@ -62,6 +63,25 @@ def queue_full(model: str, depth: QueueDepth, max_s: int) -> QueueFullError:
         f"the queue for model '{model}' is full ({depth.waiting} waiting); retry later",
         retry_after_s=depth.retry_after_s(max_s),
     )
+
+
+async def _check_sampling(state: AppState, job: GenerationJob, workers: list[WorkerInfo]) -> None:
+    """400 before enqueueing for what no worker of the model could honour: more sequences
+    (n) than any worker's slots, a logit_bias token id outside the vocabulary."""
+    slots = max(w.slots for w in workers)
+    if job.n > slots:
+        raise InvalidRequestError(
+            f"n is {job.n}; the workers of model '{job.model}' decode {slots} sequences at most",
+            param="n",
+        )
+    if job.sampling.logit_bias:
+        n_vocab = await state.tokenizers.n_vocab(job.model)
+        outside = sorted(t for t in job.sampling.logit_bias if t >= n_vocab)
+        if outside:
+            raise InvalidRequestError(
+                f"token id {outside[0]} is outside the vocabulary (0 to {n_vocab - 1})",
+                param="logit_bias",
+            )
 
 
 async def _check_context(state: AppState, job: GenerationJob, workers: list[WorkerInfo]) -> int:

@@ -49,6 +49,10 @@ class Tokenizers:
                 self._loaded[model] = await self._load(model, workers)
         return self._loaded[model]
 
+    async def n_vocab(self, model: str) -> int:
+        """The size of the model's vocabulary (token ids are below it)."""
+        return (await self.get(model)).n_vocab
+
     async def count(self, job: GenerationJob, n_ctx: int | None = None) -> int:
         """How many tokens the job's prompt is, exactly as its worker will count it.
 

@@ -26,6 +26,7 @@ class WorkerInfo(BaseModel):
     gguf: str
     started_at: float
     pid: int
+    slots: int = Field(default=1, description="Sequences it decodes at once (a job's n at most).")
     facts: ModelFacts | None = Field(
         default=None, description="The served file (size, digest, GGUF metadata)."
     )

@@ -63,6 +63,11 @@ class PromptTokenizer:
             template, eos_token, bos_token, add_generation_prompt=False
         )
 
+    @property
+    def n_vocab(self) -> int:
+        """Token ids are 0 .. n_vocab - 1."""
+        return int(self._llama.n_vocab())
+
     @classmethod
     def load(cls, gguf: Path) -> "PromptTokenizer":
         """Vocabulary and metadata only, no weights."""

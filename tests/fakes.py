@@ -10,6 +10,7 @@ from shared.job import GenerationJob, SamplingParams
 from worker.engine import EngineBusyError, EngineInfo, KVCacheFullError, Sampled
 
 EOS = -1
+FAKE_N_VOCAB = 49152  # SmolLM2's
 
 
 # How long a paused FakeEngine waits to be resumed before it fails its job.
@@ -203,6 +204,9 @@ class FakeTokenizers(Tokenizers):
 
     def __init__(self, prompt_len: int) -> None:
         self.prompt_len = prompt_len
+
+    async def n_vocab(self, model: str) -> int:
+        return FAKE_N_VOCAB
 
     async def count(self, job: GenerationJob, n_ctx: int | None = None) -> int:
         for text in [job.prompt or "", *(m.content for m in job.messages or [])]:

@@ -81,6 +81,7 @@ def run_worker(settings: WorkerSettings) -> None:
         gguf=str(gguf),
         started_at=time.time(),
         pid=os.getpid(),
+        slots=engine.info.slots,
         facts=facts.result(),
     )
     observer.loaded(info, engine.info)

@@ -34,7 +34,7 @@ async def messages(
         body.stream,
         # message_start carries the input tokens before the worker has reported any usage.
         lambda: serving.MessageStreamEncoder(job, stream.prompt_tokens),
-        lambda text, done: serving.message(job, text, done),
+        lambda out: serving.message(job, out.text, out.done),
     )
 
 

@@ -21,8 +21,6 @@ _REFUSED = {
     "format": "structured output (format) is not supported",
     "think": "this model does not support thinking",
     "thinking": "this model does not support thinking",
-    "logprobs": "logprobs are not supported",
-    "top_logprobs": "logprobs are not supported",
     "tools": "tool calling is not supported",
     "tool_calls": "tool calling is not supported",
 }
@@ -123,8 +121,9 @@ class Options(WireModel):
             raise ValueError("mirostat sampling is not supported (0 turns it off)")
         return value
 
-    def sampling(self) -> SamplingParams:
+    def sampling(self, logprobs: int | None = None) -> SamplingParams:
         return SamplingParams(
+            logprobs=logprobs,
             max_tokens=self.num_predict if self.num_predict and self.num_predict > 0 else None,
             temperature=self.temperature,
             top_p=self.top_p,
@@ -150,7 +149,7 @@ class _Request(JobRequest):
     logprobs: bool | None = None
     top_logprobs: int | None = None
 
-    _refused = field_validator("format", "think", "logprobs", "top_logprobs")(_refuse_if_set)
+    _refused = field_validator("format", "think")(_refuse_if_set)
 
     @property
     def target(self) -> str:
@@ -158,7 +157,16 @@ class _Request(JobRequest):
         return model_name(self.model)
 
     def sampling_param(self, field: str) -> str:
+        if field == "logprobs":
+            return "top_logprobs"
         return f"options.{'num_predict' if field == 'max_tokens' else field}"
+
+    @property
+    def logprobs_asked(self) -> int | None:
+        """The job's `logprobs`: asked by `logprobs` (or a `top_logprobs` above 0)."""
+        if self.logprobs or self.top_logprobs:
+            return self.top_logprobs or 0
+        return None
 
     def _job(
         self,
@@ -173,7 +181,7 @@ class _Request(JobRequest):
             messages=messages,
             continue_final_message=final is not None and final.role == "assistant",
             prompt=prompt,
-            sampling=self.options.sampling(),
+            sampling=self.options.sampling(logprobs=self.logprobs_asked),
             stream=self.stream,
             flavour=Flavour.OLLAMA,
             deadline=deadline,
@@ -239,6 +247,16 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class Logprob(TokenLogprob):
+    top_logprobs: list[TokenLogprob] = Field(default_factory=list, exclude_if=lambda top: not top)
+
+
 class DoneStats(BaseModel):
     """The final line's fields. Durations are nanoseconds, measured (api/ollama/serving.py)."""
 
@@ -255,6 +273,8 @@ class DoneStats(BaseModel):
 class _Line(BaseModel):
     model: str = Field(description="The model name as the request gave it.")
     created_at: str
+    # Present only when asked for (`logprobs`): the tokens of this line's text.
+    logprobs: list[Logprob] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class _GenerateLine(_Line):

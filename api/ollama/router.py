@@ -51,7 +51,7 @@ async def generate(
         await submit(state, job, observation),
         body.stream,
         lambda: serving.GenerateEncoder(job, body.model),
-        lambda text, done: serving.generate_done(job, body.model, text, done),
+        lambda out: serving.generate_done(job, body.model, out),
     )
 
 
@@ -72,7 +72,7 @@ async def chat(
         await submit(state, job, observation),
         body.stream,
         lambda: serving.ChatEncoder(job, body.model),
-        lambda text, done: serving.chat_done(job, body.model, text, done),
+        lambda out: serving.chat_done(job, body.model, out),
     )
 
 

@@ -24,10 +24,12 @@ from api.ollama.protocol import (
     ErrorResponse,
     GenerateChunk,
     GenerateDone,
+    Logprob,
 )
-from api.relay import StreamEncoder
+from api.ollama.protocol import TokenLogprob as OllamaToken
+from api.relay import Collected, StreamEncoder
 from api.state import AppState
-from shared.events import DoneEvent, FinishReason, TokenEvent
+from shared.events import DoneEvent, FinishReason, TokenEvent, TokenLogprob
 from shared.job import GenerationJob
 
 NDJSON = "application/x-ndjson"
@@ -62,17 +64,47 @@ def stats(job: GenerationJob, done: DoneEvent) -> DoneStats:
     )
 
 
-def generate_done(job: GenerationJob, name: str, text: str, done: DoneEvent) -> GenerateDone:
+def logprobs(entries: list[TokenLogprob] | None) -> list[Logprob] | None:
+    if entries is None:
+        return None
+    return [
+        Logprob(
+            token=e.token,
+            logprob=e.logprob,
+            bytes=e.bytes,
+            top_logprobs=[
+                OllamaToken(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top
+            ],
+        )
+        for e in entries
+    ]
+
+
+def generate_done(
+    job: GenerationJob, name: str, out: Collected | None, done: DoneEvent | None = None
+) -> GenerateDone:
+    """The final line: with the whole output (`out`), or after a stream (only `done`)."""
+    done = out.done if out is not None else done
+    assert done is not None
     return GenerateDone(
-        model=name, created_at=timestamp(time.time()), response=text, **dict(stats(job, done))
+        model=name,
+        created_at=timestamp(time.time()),
+        response=out.text if out is not None else "",
+        logprobs=logprobs(out.choices[0].logprobs) if out is not None else None,
+        **dict(stats(job, done)),
     )
 
 
-def chat_done(job: GenerationJob, name: str, text: str, done: DoneEvent) -> ChatDone:
+def chat_done(
+    job: GenerationJob, name: str, out: Collected | None, done: DoneEvent | None = None
+) -> ChatDone:
+    done = out.done if out is not None else done
+    assert done is not None
     return ChatDone(
         model=name,
         created_at=timestamp(time.time()),
-        message=AssistantMessage(content=text),
+        message=AssistantMessage(content=out.text if out is not None else ""),
+        logprobs=logprobs(out.choices[0].logprobs) if out is not None else None,
         **dict(stats(job, done)),
     )
 
@@ -126,13 +158,16 @@ class GenerateEncoder(_OllamaEncoder):
         return [
             line(
                 GenerateChunk(
-                    model=self.name, created_at=timestamp(time.time()), response=event.text
+                    model=self.name,
+                    created_at=timestamp(time.time()),
+                    response=event.text,
+                    logprobs=logprobs(event.logprobs),
                 )
             )
         ]
 
     def done(self, event: DoneEvent) -> list[bytes]:
-        return [line(generate_done(self.job, self.name, "", event))]
+        return [line(generate_done(self.job, self.name, None, event))]
 
 
 class ChatEncoder(_OllamaEncoder):
@@ -141,8 +176,9 @@ class ChatEncoder(_OllamaEncoder):
             model=self.name,
             created_at=timestamp(time.time()),
             message=AssistantMessage(content=event.text),
+            logprobs=logprobs(event.logprobs),
         )
         return [line(chunk)]
 
     def done(self, event: DoneEvent) -> list[bytes]:
-        return [line(chat_done(self.job, self.name, "", event))]
+        return [line(chat_done(self.job, self.name, None, event))]

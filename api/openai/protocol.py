@@ -4,9 +4,9 @@ Ranges and caps are the neutral job's (shared/job.py); these models only map the
 """
 
 import time
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, Field, field_validator, model_serializer
+from pydantic import BaseModel, Field, field_validator, model_serializer, model_validator
 
 from api.wire import JobRequest, WireModel
 from shared.job import ChatMessage, Flavour, GenerationJob, ModelName, SamplingParams
@@ -81,20 +81,32 @@ class _SamplingFields(JobRequest):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
+    logit_bias: dict[str, float] | None = None
     user: str | None = None
     ignore_eos: bool = False  # vLLM's extensions, sent by load generators
     min_tokens: int = 0
 
-    @field_validator("n")
+    @field_validator("logit_bias")
     @classmethod
-    def _one_choice(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n=1 is supported")
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        # OpenAI's keys are token ids written as strings; the job checks ranges and count.
+        for key in value or {}:
+            if not key.isdigit():
+                raise ValueError(f"keys are token ids (non-negative integers), not {key!r}")
         return value
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def top_logprobs_asked(self) -> int | None:
+        """The job's `logprobs`: None (not asked) or how many alternatives a token gets."""
+        raise NotImplementedError
+
+    def job_fields(self) -> dict[str, Any]:
+        """What both endpoints set on the job besides their prompt and sampling."""
+        return {"n": self.n, "stream": self.stream, "flavour": Flavour.OPENAI}
 
     def _sampling(self, max_tokens: int | None) -> SamplingParams:
         return SamplingParams(
@@ -111,6 +123,8 @@ class _SamplingFields(JobRequest):
             stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
             ignore_eos=self.ignore_eos,
             min_tokens=self.min_tokens,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            logprobs=self.top_logprobs_asked,
         )
 
 
@@ -119,17 +133,23 @@ class ChatCompletionRequest(_SamplingFields):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = None
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("logprobs are not supported")
-        return value
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> Self:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    @property
+    def top_logprobs_asked(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def sampling_param(self, field: str) -> str:
         if field == "max_tokens" and self.max_completion_tokens is not None:
             return "max_completion_tokens"
+        if field == "logprobs":
+            return "top_logprobs"
         return super().sampling_param(field)
 
     def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
@@ -146,10 +166,9 @@ class ChatCompletionRequest(_SamplingFields):
                 if self.max_completion_tokens is None
                 else self.max_completion_tokens
             ),
-            stream=self.stream,
-            flavour=Flavour.OPENAI,
             deadline=deadline,
             request_id=request_id,
+            **self.job_fields(),
         )
 
 
@@ -168,7 +187,11 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("exactly one prompt is supported per request")
         return value
 
-    @field_validator("echo", "suffix", "logprobs")
+    @property
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs
+
+    @field_validator("echo", "suffix")
     @classmethod
     def _unsupported(cls, value: Any) -> Any:
         if value:
@@ -187,10 +210,9 @@ class CompletionRequest(_SamplingFields):
             model=self.model,
             prompt=self.prompt if isinstance(self.prompt, str) else self.prompt[0],
             sampling=self._sampling(self.max_tokens),
-            stream=self.stream,
-            flavour=Flavour.OPENAI,
             deadline=deadline,
             request_id=request_id,
+            **self.job_fields(),
         )
 
 
@@ -211,11 +233,37 @@ class ResponseMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    """Chat's `choices[].logprobs`."""
+
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """Completions' legacy `choices[].logprobs`: parallel lists, one entry per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: ResponseMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -242,7 +290,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -258,7 +306,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

@@ -36,7 +36,7 @@ async def chat_completions(
         await submit(state, job, observation),
         body.stream,
         lambda: serving.ChatStreamEncoder(job, body.include_usage),
-        lambda text, done: serving.chat_completion(job, text, done),
+        lambda out: serving.chat_completion(job, out),
     )
 
 
@@ -52,7 +52,7 @@ async def completions(
         await submit(state, job, observation),
         body.stream,
         lambda: serving.CompletionStreamEncoder(job, body.include_usage),
-        lambda text, done: serving.completion(job, text, done),
+        lambda out: serving.completion(job, out),
     )
 
 

@@ -8,8 +8,10 @@ from api.openai.protocol import (
     ChatChunkChoice,
     ChatCompletion,
     ChatCompletionChunk,
+    ChoiceLogprobs,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     Delta,
     ErrorBody,
     ErrorResponse,
@@ -18,9 +20,11 @@ from api.openai.protocol import (
     UsageInfo,
     now,
 )
-from api.relay import StreamEncoder
+from api.openai.protocol import TokenLogprob as OpenAIToken
+from api.openai.protocol import TopLogprob as OpenAITop
+from api.relay import Collected, StreamEncoder
 from api.sse import format_sse
-from shared.events import DoneEvent, TokenEvent, Usage
+from shared.events import ChoiceEndEvent, DoneEvent, TokenEvent, TokenLogprob, TopLogprob, Usage
 from shared.events import FinishReason as NeutralFinish
 from shared.job import GenerationJob
 
@@ -50,8 +54,8 @@ def render_error(error: ApiError) -> JSONResponse:
     )
 
 
-def finish_reason(done: DoneEvent) -> FinishReason:
-    return "length" if done.finish_reason is NeutralFinish.LENGTH else "stop"
+def finish_reason(reason: NeutralFinish) -> FinishReason:
+    return "length" if reason is NeutralFinish.LENGTH else "stop"
 
 
 def usage_info(usage: Usage) -> UsageInfo:
@@ -70,25 +74,74 @@ def completion_id(job: GenerationJob) -> str:
     return f"cmpl-{job.id}"
 
 
-def chat_completion(job: GenerationJob, text: str, done: DoneEvent) -> ChatCompletion:
+def _top(entry: TopLogprob) -> OpenAITop:
+    return OpenAITop(token=entry.token, logprob=entry.logprob, bytes=entry.bytes)
+
+
+def chat_logprobs(entries: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
+    """Chat's shape: `content[]` of token, logprob, bytes and `top_logprobs`."""
+    if entries is None:
+        return None
+    return ChoiceLogprobs(
+        content=[
+            OpenAIToken(**_top(e).model_dump(), top_logprobs=[_top(t) for t in e.top])
+            for e in entries
+        ]
+    )
+
+
+def completion_logprobs(
+    entries: list[TokenLogprob] | None, offset: int = 0
+) -> CompletionLogprobs | None:
+    """Completions' legacy shape; `text_offset` counts characters from `offset` (the text
+    already sent, when streaming)."""
+    if entries is None:
+        return None
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e.token)
+    return CompletionLogprobs(
+        tokens=[e.token for e in entries],
+        token_logprobs=[e.logprob for e in entries],
+        top_logprobs=[{t.token: t.logprob for t in e.top} for e in entries],
+        text_offset=offsets,
+    )
+
+
+def chat_completion(job: GenerationJob, out: Collected) -> ChatCompletion:
     return ChatCompletion(
         id=chat_id(job),
         created=now(),
         model=job.model,
         choices=[
-            ChatChoice(message=ResponseMessage(content=text), finish_reason=finish_reason(done))
+            ChatChoice(
+                index=i,
+                message=ResponseMessage(content=choice.text),
+                finish_reason=finish_reason(choice.finish_reason),
+                logprobs=chat_logprobs(choice.logprobs),
+            )
+            for i, choice in enumerate(out.choices)
         ],
-        usage=usage_info(done.usage),
+        usage=usage_info(out.done.usage),
     )
 
 
-def completion(job: GenerationJob, text: str, done: DoneEvent) -> Completion:
+def completion(job: GenerationJob, out: Collected) -> Completion:
     return Completion(
         id=completion_id(job),
         created=now(),
         model=job.model,
-        choices=[CompletionChoice(text=text, finish_reason=finish_reason(done))],
-        usage=usage_info(done.usage),
+        choices=[
+            CompletionChoice(
+                index=i,
+                text=choice.text,
+                finish_reason=finish_reason(choice.finish_reason),
+                logprobs=completion_logprobs(choice.logprobs),
+            )
+            for i, choice in enumerate(out.choices)
+        ],
+        usage=usage_info(out.done.usage),
     )
 
 
@@ -105,51 +158,84 @@ class _OpenAIEncoder(StreamEncoder):
         # OpenAI sends `"usage": null` on every chunk only when usage was asked for.
         return format_sse(chunk.model_dump_json(exclude=None if self.include_usage else {"usage"}))
 
+    def _finish(self, choice: int, reason: NeutralFinish) -> bytes:
+        raise NotImplementedError
+
+    def _usage(self, usage: UsageInfo) -> bytes:
+        raise NotImplementedError
+
+    def choice_end(self, event: ChoiceEndEvent) -> list[bytes]:
+        return [self._finish(event.choice, event.finish_reason)]
+
+    def done(self, event: DoneEvent) -> list[bytes]:
+        # n > 1: each choice's finish went out with its ChoiceEndEvent.
+        frames = [self._finish(0, event.finish_reason)] if self.job.n == 1 else []
+        if self.include_usage:
+            frames.append(self._usage(usage_info(event.usage)))
+        return [*frames, DONE_FRAME]
+
 
 class ChatStreamEncoder(_OpenAIEncoder):
-    def _chunk(
-        self, delta: Delta, finish: FinishReason | None = None, usage: UsageInfo | None = None
-    ) -> bytes:
+    def _chunk(self, choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> bytes:
         chunk = ChatCompletionChunk(
             id=chat_id(self.job),
             created=self.created,
             model=self.job.model,
-            choices=[] if usage else [ChatChunkChoice(delta=delta, finish_reason=finish)],
+            choices=choices,
             usage=usage,
         )
         return self._frame(chunk)
 
     def start(self) -> list[bytes]:
-        return [self._chunk(Delta(role="assistant", content=""))]
+        return [
+            self._chunk([ChatChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
+            for i in range(self.job.n)
+        ]
 
     def token(self, event: TokenEvent) -> list[bytes]:
-        return [self._chunk(Delta(content=event.text))]
+        choice = ChatChunkChoice(
+            index=event.choice,
+            delta=Delta(content=event.text),
+            logprobs=chat_logprobs(event.logprobs),
+        )
+        return [self._chunk([choice])]
 
-    def done(self, event: DoneEvent) -> list[bytes]:
-        frames = [self._chunk(Delta(), finish=finish_reason(event))]
-        if self.include_usage:
-            frames.append(self._chunk(Delta(), usage=usage_info(event.usage)))
-        return [*frames, DONE_FRAME]
+    def _finish(self, choice: int, reason: NeutralFinish) -> bytes:
+        return self._chunk(
+            [ChatChunkChoice(index=choice, delta=Delta(), finish_reason=finish_reason(reason))]
+        )
+
+    def _usage(self, usage: UsageInfo) -> bytes:
+        return self._chunk([], usage=usage)
 
 
 class CompletionStreamEncoder(_OpenAIEncoder):
-    def _chunk(
-        self, text: str, finish: FinishReason | None = None, usage: UsageInfo | None = None
-    ) -> bytes:
+    def __init__(self, job: GenerationJob, include_usage: bool) -> None:
+        super().__init__(job, include_usage)
+        self._sent = [0] * job.n  # characters sent per choice: logprobs' text_offset
+
+    def _chunk(self, choices: list[CompletionChoice], usage: UsageInfo | None = None) -> bytes:
         chunk = Completion(
             id=completion_id(self.job),
             created=self.created,
             model=self.job.model,
-            choices=[] if usage else [CompletionChoice(text=text, finish_reason=finish)],
+            choices=choices,
             usage=usage,
         )
         return self._frame(chunk)
 
     def token(self, event: TokenEvent) -> list[bytes]:
-        return [self._chunk(event.text)]
+        logprobs = completion_logprobs(event.logprobs, self._sent[event.choice])
+        self._sent[event.choice] += len(event.text)
+        choice = CompletionChoice(
+            index=event.choice, text=event.text, finish_reason=None, logprobs=logprobs
+        )
+        return [self._chunk([choice])]
 
-    def done(self, event: DoneEvent) -> list[bytes]:
-        frames = [self._chunk("", finish=finish_reason(event))]
-        if self.include_usage:
-            frames.append(self._chunk("", usage=usage_info(event.usage)))
-        return [*frames, DONE_FRAME]
+    def _finish(self, choice: int, reason: NeutralFinish) -> bytes:
+        return self._chunk(
+            [CompletionChoice(index=choice, text="", finish_reason=finish_reason(reason))]
+        )
+
+    def _usage(self, usage: UsageInfo) -> bytes:
+        return self._chunk([], usage=usage)
