@@ -109,7 +109,9 @@ async def test_options_reach_the_engine(harness: Harness) -> None:
     assert_final(response.json(), "length", 4, 2)
     sampling, seed = harness.engine.started_with[-1]
     assert seed == 42
-    assert sampling.model_dump(exclude={"stop", "ignore_eos", "min_tokens", "grammar", "logit_bias", "logprobs"}) == {
+    assert sampling.model_dump(
+        exclude={"stop", "ignore_eos", "min_tokens", "grammar", "logit_bias", "logprobs"}
+    ) == {
         "max_tokens": 2,
         "temperature": 0.3,
         "top_k": 5,
