@@ -3,10 +3,12 @@
 sharing one prompt evaluation."""
 
 import json
+import math
 import re
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
@@ -15,7 +17,8 @@ from shared.job import ChatMessage, Flavour, GenerationJob, SamplingParams
 from shared.settings import default_gguf_path
 from tests.fakes import RecordingPublisher
 from worker.batch_engine import BatchEngine
-from worker.engine import InvalidSamplingError
+from worker.engine import EngineBusyError, InvalidSamplingError
+from worker.logprobs import log_softmax, most_likely
 from worker.runner import JobRunner
 
 PERSON = {
@@ -150,3 +153,84 @@ def test_sampling_the_engine_cannot_honour_fails_the_job_not_the_worker(
     assert message in terminal.message
     # The engine still serves.
     assert generate(engine, chat(engine, "Say hi."), SamplingParams(temperature=0.0), 3)[1]
+
+
+def test_log_softmax_and_top_k_maths() -> None:
+    logits = np.array([1.0, 3.0, 2.0, 3.0, -1.0], dtype=np.float32)
+    logprobs = log_softmax(logits)
+    expected = logits - np.log(np.exp(logits.astype(np.float64)).sum())
+    assert np.allclose(logprobs, expected)
+    assert math.isclose(float(np.exp(logprobs).sum()), 1.0)
+    assert most_likely(logprobs, 3) == [1, 3, 2]  # ties: the lower id first
+    assert most_likely(logprobs, 0) == []
+    assert most_likely(logprobs, 99) == [1, 3, 2, 0, 4]
+    # Huge logits do not overflow.
+    assert np.isfinite(log_softmax(np.array([1e30, 0.0], dtype=np.float32))).all()
+
+
+def test_a_bias_of_minus_100_moves_the_greedy_pick_and_logprobs_see_the_raw_logits(
+    engine: BatchEngine,
+) -> None:
+    prompt = chat(engine, "Name a colour.")
+    _, (first, *_), _ = generate(engine, prompt, SamplingParams(temperature=0.0), limit=1)
+    biased = SamplingParams(temperature=0.0, logit_bias={first: -100.0}, logprobs=2)
+    engine.clear_cache()
+    slot = engine.start(prompt, biased, seed=0)
+    try:
+        (sampled,) = [s for s in engine.step() if s.slot == slot]
+    finally:
+        engine.release(slot)
+    assert sampled.token != first
+    assert sampled.logprob is not None
+    # Logprobs come from the raw logits: the banned token is still the most likely there.
+    assert sampled.logprob.top[0].bytes == list(engine_piece(engine, first))
+    assert sampled.logprob.logprob < sampled.logprob.top[0].logprob
+
+
+def engine_piece(engine: BatchEngine, token: int) -> bytes:
+    return engine._model.piece(token)
+
+
+@pytest.mark.parametrize("unified_kv", [False, True])
+def test_n_sequences_share_one_prompt_evaluation(unified_kv: bool) -> None:
+    engine = BatchEngine(
+        default_gguf_path(),
+        slots=3,
+        n_ctx=1536,
+        threads=2,
+        n_gpu_layers=0,
+        flash_attn=False,
+        unified_kv=unified_kv,
+    )
+    try:
+        prompt = chat(engine, "Write a story about a cat.")
+        alone = generate(engine, prompt, SamplingParams(temperature=0.0), limit=10)[1]
+        engine.clear_cache()
+        slots = engine.start_group(prompt, SamplingParams(temperature=0.0), [0, 1, 2])
+        assert len(set(slots)) == 3 and engine.active_slots == 3
+        tokens: dict[int, list[int]] = {slot: [] for slot in slots}
+        steps = 0
+        while min(len(t) for t in tokens.values()) < 10:
+            for sampled in engine.step():
+                tokens[sampled.slot].append(sampled.token)
+            steps += 1
+            if steps == 1:  # the prompt, evaluated once for all three
+                assert engine.last_batch_tokens == len(prompt)
+        for slot in slots:
+            engine.release(slot)
+        # Greedy: every copy continues exactly as the prompt alone does.
+        assert all(t[:10] == alone for t in tokens.values())
+        # Sampled with their own seeds, they differ.
+        engine.clear_cache()
+        slots = engine.start_group(prompt, SamplingParams(temperature=1.0), [5, 6, 7])
+        tokens = {slot: [] for slot in slots}
+        while min(len(t) for t in tokens.values()) < 12:
+            for sampled in engine.step():
+                tokens[sampled.slot].append(sampled.token)
+        for slot in slots:
+            engine.release(slot)
+        assert len({tuple(t[:12]) for t in tokens.values()}) > 1
+        with pytest.raises(EngineBusyError):
+            engine.start_group(prompt, SamplingParams(), [0, 1, 2, 3])
+    finally:
+        engine.close()
