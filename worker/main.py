@@ -101,7 +101,7 @@ def run_worker(settings: WorkerSettings) -> None:
         runner = JobRunner(
             SlotEngine(scheduler), publisher, control, observer, settings.job_timeout_s
         )
-        slots.append(Slot(index, runner, gate))
+        slots.append(Slot(index, runner, gate, room=lambda: scheduler.free_slots > 0))
         if gate is not None:
             leases.append(gate)
     stopping = threading.Event()

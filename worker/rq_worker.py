@@ -32,6 +32,7 @@ from worker.tasks import current_runner
 log = logging.getLogger(__name__)
 
 POLL_S = 1  # how long one wait for a job lasts before `stopping` is looked at again
+ROOM_POLL_S = 0.05  # how often a slot with no free engine slot looks again
 
 
 class ModelWorker(SimpleWorker):
@@ -114,10 +115,17 @@ class SlotWorker(ModelWorker):
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping.set()
 
+    room: Callable[[], bool] | None = None  # whether the engine has a free slot now
+
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
         while not self.stopping.is_set():
+            if self.room is not None and not self.room():
+                # Another job's n > 1 sequences hold the engine's slots this thread would
+                # use: a job taken now would only wait for one.
+                self.stopping.wait(ROOM_POLL_S)
+                continue
             found = super().dequeue_job_and_maintain_ttl(POLL_S, max_idle_time=POLL_S)
             if found is not None:
                 if self.stopping.is_set():  # taken while the stop came: not this worker's
@@ -143,6 +151,7 @@ class Slot:
     index: int
     runner: JobRunner
     gate: RunGate | None
+    room: Callable[[], bool] = lambda: True  # whether the engine has a free slot now
 
 
 def serve_slots(
@@ -179,6 +188,7 @@ def _serve(slot: Slot, queue: Queue, lease_ttl_s: float, stopping: threading.Eve
             worker = SlotWorker(
                 slot.runner, queue, gate=slot.gate, lease_ttl_s=lease_ttl_s, stopping=stopping
             )
+            worker.room = slot.room
             worker.work(with_scheduler=False, logging_level="WARNING")
         except RedisError as exc:
             log.warning("slot %d: redis unavailable: %s", slot.index, exc)

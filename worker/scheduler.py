@@ -184,6 +184,8 @@ class Scheduler:
         self._on_step = on_step
         self.steps = 0  # engine steps run, for metrics
         self._free_slots = threading.Semaphore(engine.info.slots)
+        self._held = 0  # slots taken from `_free_slots` (what a Semaphore does not tell)
+        self._count_lock = threading.Lock()
         self._submitted: queue.SimpleQueue[Sequence] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -201,6 +203,16 @@ class Scheduler:
     def running(self) -> int:
         """Sequences holding a slot."""
         return len(self._active)
+
+    @property
+    def free_slots(self) -> int:
+        """Slots no sequence holds or waits to hold: a job taken now would start at once."""
+        return self.info.slots - self._held
+
+    def _give(self, n: int) -> None:
+        with self._count_lock:
+            self._held -= n
+        self._free_slots.release(n)
 
     def start(self) -> None:
         with self._lock:
@@ -255,7 +267,7 @@ class Scheduler:
             sequence._wake = self._wake
         with self._lock:
             if not self._accepting:
-                self._free_slots.release(len(group))
+                self._give(len(group))
                 raise SchedulerStoppedError("the scheduler is not running")
             self._submitted.put(first)
         self._wake.set()
@@ -271,6 +283,8 @@ class Scheduler:
                     left = None if deadline is None else deadline - time.monotonic()
                     wait = _POLL_S if left is None else min(_POLL_S, left)
                     if self._free_slots.acquire(timeout=max(0.0, wait)):
+                        with self._count_lock:
+                            self._held += 1
                         taken += 1
                         continue
                     if self._stopping.is_set():
@@ -281,7 +295,7 @@ class Scheduler:
                         )
             except BaseException:
                 if taken:
-                    self._free_slots.release(taken)
+                    self._give(taken)
                 raise
 
     def _run(self) -> None:
@@ -310,7 +324,7 @@ class Scheduler:
                     self.engine.release(slot)
                 except Exception:
                     log.exception("releasing slot %d failed", slot)
-                self._free_slots.release()
+                self._give(1)
 
     def _admit(self) -> None:
         while True:
@@ -322,7 +336,7 @@ class Scheduler:
             if any(s.closed for s in group):
                 for member in group:
                     member._end(EndReason.CLOSED)
-                self._free_slots.release(len(group))
+                self._give(len(group))
                 continue
             try:
                 if sequence.siblings:
@@ -334,7 +348,7 @@ class Scheduler:
             except Exception as exc:
                 for member in group:
                     member._end(EndReason.ERROR, exc)
-                self._free_slots.release(len(group))
+                self._give(len(group))
                 continue
             for member, slot in zip(group, slots, strict=True):
                 assert slot not in self._active, f"the engine started slot {slot} twice"
@@ -384,4 +398,4 @@ class Scheduler:
                 break
             for member in (sequence, *sequence.siblings):
                 member._end(EndReason.ERROR, SchedulerStoppedError("the scheduler stopped"))
-                self._free_slots.release()
+                self._give(1)

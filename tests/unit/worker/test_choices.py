@@ -8,7 +8,8 @@ import pytest
 
 from shared.events import ChoiceEndEvent, DoneEvent, FinishReason, TokenEvent, TokenLogprob
 from shared.job import Flavour, GenerationJob, SamplingParams
-from tests.fakes import FakeBatchEngine, RecordingPublisher
+from tests.fakes import FakeBatchEngine, RecordingPublisher, script
+from worker.engine import EngineBusyError
 from worker.output import ChoiceOutput, JobOutput
 from worker.runner import JobRunner
 from worker.scheduler import Scheduler
@@ -89,3 +90,23 @@ def test_logprobs_go_with_the_delta_that_carries_their_text() -> None:
         ("a", ["a"]),
         ("Sx", ["S", "x"]),
     ]
+
+
+def test_a_group_waits_for_all_its_slots_and_free_slots_counts_them(
+    scheduler: Scheduler,
+) -> None:
+    held = [scheduler.open(script(n, 10_000), SamplingParams(), seed=0) for n in (1, 2)]
+    assert scheduler.free_slots == 2
+    with pytest.raises(EngineBusyError):  # 3 slots wanted, 2 free
+        scheduler.open_group(script(3, 2), SamplingParams(), [0, 1, 2], timeout=0.2)
+    assert scheduler.free_slots == 2  # what it gathered meanwhile was given back
+    held[0].close()
+    group = scheduler.open_group(script(3, 2), SamplingParams(), [0, 1, 2], timeout=5)
+    assert scheduler.free_slots == 0
+    assert [sampled.token for sampled in group[2]][:2] == [3000, 3001]
+    for sequence in [*group, held[1]]:
+        sequence.close()
+    deadline = time.monotonic() + 5
+    while scheduler.free_slots < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
