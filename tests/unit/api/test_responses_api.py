@@ -235,8 +235,10 @@ async def test_stored_state_is_bounded(harness: Harness) -> None:
 async def test_conversations_and_their_items(harness: Harness) -> None:
     created = await harness.client.post(
         "/v1/conversations",
-        json={"items": [{"type": "message", "role": "system", "content": "Be kind."}],
-              "metadata": {"topic": "demo"}},
+        json={
+            "items": [{"type": "message", "role": "system", "content": "Be kind."}],
+            "metadata": {"topic": "demo"},
+        },
     )
     assert created.status_code == 200, created.text
     conv = created.json()
