@@ -2,6 +2,7 @@
 the stored state, conversations, and refusals. Jobs are performed by the real RQ worker on a
 fake engine that answers "Hello, world"."""
 
+import asyncio
 import json
 from typing import Any
 
@@ -10,7 +11,10 @@ from openai.types.conversations import Conversation, ConversationItemList
 from openai.types.responses import Response, ResponseItemList, ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from api.responses.items import MessageItem
+from api.responses.store import ResponseStore
 from api.state import AppState
+from shared import keys
 from shared.job import ChatMessage, GenerationJob
 from tests.fakes import EOS
 from tests.unit.api.harness import MODEL, Harness
@@ -350,3 +354,23 @@ async def test_requests_are_counted_under_the_responses_flavour(harness: Harness
     assert f'tokenq_requests_total{{flavour="responses",model="{MODEL}",status="200"}} 1.0' in (
         metrics
     )
+
+
+async def test_state_expires_after_the_configured_ttl(harness: Harness) -> None:
+    body = await create(harness)
+    conv = (await harness.client.post("/v1/conversations", json={})).json()
+    ttl = harness.settings.responses_ttl_s
+    for key in (keys.stored_response(body["id"]), keys.conversation(conv["id"])):
+        assert ttl - 5 <= harness.redis.ttl(key) <= ttl
+
+
+async def test_appends_from_many_requests_at_once_all_land(harness: Harness) -> None:
+    store = ResponseStore(harness.state.redis, harness.settings)
+    conversation = await store.create_conversation({}, [])
+    appends = [
+        store.add_items(conversation.id, [MessageItem.of_text("user", f"m{i}")])
+        for i in range(20)
+    ]
+    await asyncio.gather(*appends)
+    stored = await store.conversation(conversation.id)
+    assert sorted(item.text for item in stored.items) == sorted(f"m{i}" for i in range(20))
