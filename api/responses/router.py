@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Response
 
 from api.deps import RequestIdDep, StateDep
+from api.errors import ContextLengthExceededError
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import collect, stream_response
 from api.responses import serving
@@ -35,6 +36,9 @@ def _store(state: StateDep) -> ResponseStore:
     return ResponseStore(state.redis, state.settings)
 
 
+# This API's parameter for each that `submit` blames when a request does not fit the context.
+_CONTEXT_PARAMS = {"max_tokens": "max_output_tokens", "messages": "input"}
+
 StoreDep = Annotated[ResponseStore, Depends(_store)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Order = Literal["asc", "desc"]
@@ -52,7 +56,11 @@ async def create_response(
     job = body.with_history(history).to_job(state.job_deadline(), request_id)
     draft = serving.ResponseDraft(job, body, history)
     store.check_size([*history, *draft.input_items], "input")
-    stream = await submit(state, job, observation)
+    try:
+        stream = await submit(state, job, observation)
+    except ContextLengthExceededError as exc:  # named by the neutral job's fields
+        exc.param = _CONTEXT_PARAMS.get(exc.param or "", exc.param)
+        raise
     if body.stream:
         return await stream_response(stream, lambda: serving.ResponseStreamEncoder(draft, store))
     text, done = await collect(stream)

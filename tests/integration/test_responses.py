@@ -57,6 +57,16 @@ def test_create_answers_with_output_text_and_usage(openai_client: OpenAI, stream
     assert openai_client.responses.retrieve(response.id).output_text == response.output_text
 
 
+def test_the_sdk_stream_helper_assembles_the_response(openai_client: OpenAI) -> None:
+    # The helper wants `response.completed`: room enough for the model to end on its own.
+    params = {**GREEDY, "max_output_tokens": 400}
+    with openai_client.responses.stream(**params, input=QUESTION) as stream:  # type: ignore[arg-type]
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text and final.output_text == text
+    assert openai_client.responses.retrieve(final.id).output_text == text
+
+
 def test_a_follow_up_carries_the_stored_turns_into_the_prompt(openai_client: OpenAI) -> None:
     first = openai_client.responses.create(**GREEDY, input=QUESTION, instructions="Be brief.")
     second = openai_client.responses.create(

@@ -317,6 +317,7 @@ async def test_conversations_and_their_items(harness: Harness) -> None:
         ({"reasoning": {"effort": "high"}}, "reasoning"),
         ({"frequency_penalty": 1}, "frequency_penalty"),
         ({"input": []}, "input"),
+        ({"max_output_tokens": 1000}, "max_output_tokens"),  # over the context (64)
     ],
 )
 async def test_bad_bodies_are_400_naming_the_parameter(
