@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from api.errors import ApiError, from_event
 from api.sse import PING, format_comment
 from api.stream import JobStream, KeepAlive, Notice, Queued
-from shared.events import DoneEvent, ErrorEvent, Event, TokenEvent
+from shared.events import DoneEvent, ErrorEvent, Event, TerminalEvent, TokenEvent
 
 T = TypeVar("T")
 
@@ -49,6 +49,11 @@ class StreamEncoder:
 
     def error(self, error: ApiError) -> list[bytes]:
         raise NotImplementedError
+
+    async def settle(self, terminal: TerminalEvent) -> None:
+        """Called with the job's terminal event before its frames are made: a flavour that
+        keeps state (the Responses API stores the response) does it here, so the client
+        reads the last frame only once the state is there."""
 
     def queued(self, position: int | None) -> list[bytes]:
         """While the job waits in line; SSE flavours send a comment, which clients skip."""
@@ -118,6 +123,8 @@ async def _frames(
                 started = True
                 for frame in encoder.start():
                     yield frame
+            if isinstance(item, DoneEvent | ErrorEvent):
+                await encoder.settle(item)
             for frame in _encode(encoder, item):
                 yield frame
             item = await anext(rest, None)

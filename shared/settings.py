@@ -128,6 +128,18 @@ class ApiSettings(Settings):
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long open streams may take to finish."
     )
+    responses_ttl_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="How long a stored response, or a conversation after its last change, "
+        "is kept in Redis (Responses API).",
+    )
+    responses_max_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest stored response or conversation (its items as JSON); a request "
+        "that would store more gets 400.",
+    )
     tokenizer_cache_dir: Path | None = Field(
         default=None,
         description="Where tokenizers fetched from Redis are kept (API hosts without the "
