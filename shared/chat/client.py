@@ -96,11 +96,15 @@ class _JobView(BaseModel):
 class ChatClient:
     """A tokenq server at `url` (its root, as `tokenq up` prints it)."""
 
-    def __init__(self, url: str, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, url: str, timeout_s: float = 120.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         # A queued stream sends a comment every 10 s and a ping every 15 s: a read that waits
         # longer than `timeout_s` means the server is gone.
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout_s, connect=5.0))
+        self._http = httpx.Client(
+            base_url=self.url, timeout=httpx.Timeout(timeout_s, connect=5.0), transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()
