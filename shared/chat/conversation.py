@@ -49,7 +49,7 @@ class ChatParams(BaseModel):
 
     def with_value(self, name: str, value: str | None) -> "ChatParams":
         """A copy with `name` set from its text (`None`: unset); `ChatInputError` if invalid."""
-        if name not in self.model_fields:
+        if name not in ChatParams.model_fields:
             raise ChatInputError(f"unknown parameter '{name}' (known: {', '.join(self.names())})")
         fields = self.request_fields()
         fields.pop(name, None)

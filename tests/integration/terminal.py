@@ -53,7 +53,7 @@ class Terminal:
                 return found
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"no {pattern!r} in the terminal:\n{self.text[self._at:]}")
+                raise AssertionError(f"no {pattern!r} in the terminal:\n{self.text[self._at :]}")
             try:
                 self._raw += self.child.read_nonblocking(65536, timeout=min(left, 1))
             except pexpect.TIMEOUT:
@@ -64,7 +64,7 @@ class Terminal:
                     self._at = found.end()
                     return found
                 raise AssertionError(
-                    f"the program ended without {pattern!r}:\n{self.text[self._at:]}"
+                    f"the program ended without {pattern!r}:\n{self.text[self._at :]}"
                 ) from None
 
     def type(self, line: str, prompt: str = "you>") -> None:
