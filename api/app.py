@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 
-from api import health, job_routes, metrics
+from api import health, job_routes, metrics, playground
 from api.anthropic import serving as anthropic_serving
 from api.anthropic.router import router as anthropic_router
 from api.ollama import serving as ollama_serving
@@ -44,6 +44,7 @@ def create_app(settings: ApiSettings | None = None, state: AppState | None = Non
     app.include_router(ollama_router)
     app.include_router(responses_router)
     app.include_router(job_routes.router)
+    app.include_router(playground.router)
     # Unknown paths and methods under a flavour's prefix answer in that flavour's shape.
     unrouted = unrouted_error_handler(
         [

