@@ -69,7 +69,9 @@ def up(
     children = []
     if not _redis_answers(settings.redis_url):
         children.append(_redis_child(settings.redis_url))
-    children += [_worker_child(me, settings.redis_url, name) for name in models]
+    children += [
+        _worker_child(me, settings.redis_url, name, named=len(models) > 1) for name in models
+    ]
     children.append(
         Child("api", [*me, "api", "--host", host, "--port", str(port)], ready=_healthy(url))
     )
@@ -124,9 +126,9 @@ def _report(death: Death) -> bool:
     return False
 
 
-def _worker_child(me: list[str], redis_url: str, model: str) -> Child:
+def _worker_child(me: list[str], redis_url: str, model: str, *, named: bool) -> Child:
     return Child(
-        f"worker {model}" if model != DEFAULT_MODEL else "worker",
+        f"worker {model}" if named else "worker",
         [*me, "worker", "--model", model],
         ready=lambda child: _worker_registered(redis_url, model, child.pid),
         restartable=worker_restartable,
