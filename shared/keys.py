@@ -34,6 +34,17 @@ def known_models() -> str:
     return f"{PREFIX}:models"
 
 
+def model_entries() -> str:
+    """Hash of the model registry (shared/model_registry/): canonical name -> entry JSON."""
+    return f"{PREFIX}:registry:models"
+
+
+def model_aliases() -> str:
+    """Hash of every name the registry resolves (canonical names and aliases) -> canonical
+    name."""
+    return f"{PREFIX}:registry:names"
+
+
 def model_facts(digest: str) -> str:
     """A model file's facts (shared/model_facts.py) by its content's sha256; never expires."""
     return f"{PREFIX}:facts:{digest}"

