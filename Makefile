@@ -1,6 +1,7 @@
 # The two set-up commands of the README: `make run` and `make test`. Both are idempotent and
 # install what they need: redis-server (apt) if missing, a virtualenv, the project, the model;
-# `make test` also Prometheus (with promtool) and nginx, which the deploy tests start directly.
+# `make test` also Prometheus (with promtool) and nginx, which the deploy tests start directly,
+# and chromium with its chromedriver, in which the playground test runs.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -32,10 +33,11 @@ toolchain:
 
 deploy-tools:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
-	  { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || { \
+	  { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && \
+	  command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
-	    prometheus nginx-light; }
+	    prometheus nginx-light chromium chromium-driver; }
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV) || { \

@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 
-from api import health, job_routes, metrics
+from api import health, job_routes, metrics, playground
 from api.anthropic import serving as anthropic_serving
 from api.anthropic.router import router as anthropic_router
 from api.ollama import serving as ollama_serving
@@ -15,6 +15,8 @@ from api.openai import serving as openai_serving
 from api.openai.router import router as openai_router
 from api.pipeline import unrouted_error_handler
 from api.request_id import RequestIdMiddleware
+from api.responses import serving as responses_serving
+from api.responses.router import router as responses_router
 from api.state import AppState
 from shared.job import Flavour
 from shared.settings import ApiSettings
@@ -40,11 +42,15 @@ def create_app(settings: ApiSettings | None = None, state: AppState | None = Non
     app.include_router(openai_router)
     app.include_router(anthropic_router)
     app.include_router(ollama_router)
+    app.include_router(responses_router)
     app.include_router(job_routes.router)
+    app.include_router(playground.router)
     # Unknown paths and methods under a flavour's prefix answer in that flavour's shape.
     unrouted = unrouted_error_handler(
         [
             ("/v1/messages", Flavour.ANTHROPIC, anthropic_serving.render_error),
+            ("/v1/responses", Flavour.RESPONSES, responses_serving.render_error),
+            ("/v1/conversations", Flavour.RESPONSES, responses_serving.render_error),
             ("/v1/", Flavour.OPENAI, openai_serving.render_error),
             ("/api/", Flavour.OLLAMA, ollama_serving.render_error),
         ]

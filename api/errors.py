@@ -78,6 +78,18 @@ class JobNotFoundError(ApiError):
     status, kind, code = 404, ErrorKind.NOT_FOUND, "job_not_found"
 
 
+class ObjectNotFoundError(ApiError):
+    """A stored object (a response, a conversation, an item) that is not there, or expired."""
+
+    status, kind, code = 404, ErrorKind.NOT_FOUND, "not_found"
+
+
+class StoredStateTooLargeError(InvalidRequestError):
+    """What a request would store is over `responses_max_bytes`."""
+
+    code = "stored_state_too_large"
+
+
 class ModelNotFoundError(ApiError):
     status, kind, code = 404, ErrorKind.NOT_FOUND, "model_not_found"
     rejection = RejectReason.MODEL_NOT_FOUND
@@ -163,7 +175,7 @@ def as_api_error(exc: Exception) -> ApiError:
 
 
 def _describe(error: Any) -> tuple[str, str]:
-    loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+    loc = ".".join(str(p) for p in _without_source(error.get("loc", ())))
     kind = error.get("type", "")
     if kind == "extra_forbidden":
         return loc, "this parameter is not supported"
@@ -174,3 +186,8 @@ def _describe(error: Any) -> tuple[str, str]:
         )
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     return loc, message
+
+
+def _without_source(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A request error's location without where FastAPI found it (body, query, path)."""
+    return loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc

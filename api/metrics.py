@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from api.deps import StateDep
+from api.models import known_models
 from api.state import AppState
 from shared import registry
 from shared.lifecycle.queue import queue_depth
@@ -19,7 +20,7 @@ router = APIRouter()
 async def queue_samples(state: AppState) -> list[ModelQueueSample]:
     """Waiting and running jobs (the admission records of shared/lifecycle: expired and
     cancelled jobs and dead workers' jobs do not count) and live workers of every known model."""
-    models = sorted(set(state.settings.models) | await registry.registered_models(state.redis))
+    models = sorted(await known_models(state))
     window = state.settings.drain_window_s
     queues = await asyncio.gather(*(queue_depth(state.redis, m, window) for m in models))
     workers = await asyncio.gather(*(registry.live_workers(state.redis, m) for m in models))

@@ -19,6 +19,7 @@ from shared.events import (
     ErrorEvent,
     Event,
     FinishReason,
+    TerminalEvent,
     TokenEvent,
     TokenLogprob,
 )
@@ -105,6 +106,11 @@ class StreamEncoder:
     def error(self, error: ApiError) -> list[bytes]:
         raise NotImplementedError
 
+    async def settle(self, terminal: TerminalEvent) -> None:
+        """Called with the job's terminal event before its frames are made: a flavour that
+        keeps state (the Responses API stores the response) does it here, so the client
+        reads the last frame only once the state is there."""
+
     def queued(self, position: int | None) -> list[bytes]:
         """While the job waits in line; SSE flavours send a comment, which clients skip."""
         if self.media_type != "text/event-stream":
@@ -172,6 +178,8 @@ async def _frames(
                 started = True
                 for frame in encoder.start():
                     yield frame
+            if isinstance(item, DoneEvent | ErrorEvent):
+                await encoder.settle(item)
             for frame in _encode(encoder, item):
                 yield frame
             item = await anext(rest, None)

@@ -58,6 +58,18 @@ class JobRequest(WireModel):
         """This flavour's parameter for a neutral `SamplingParams` field."""
         return self.sampling_names.get(field, field)
 
+    def sent(self, field: str) -> bool:
+        """Whether the client gave a value (not null) for a neutral `SamplingParams` field,
+        under this flavour's parameter for it (a nested one like `options.top_k` included)."""
+        node: BaseModel = self
+        *parents, leaf = self.sampling_param(field).split(".")
+        for name in parents:
+            child = getattr(node, name, None) if name in node.model_fields_set else None
+            if not isinstance(child, BaseModel):
+                return False
+            node = child
+        return leaf in node.model_fields_set and getattr(node, leaf, None) is not None
+
     def message_param(self, index: int) -> str:
         """This flavour's parameter for the text of the job's message at `index`."""
         return f"messages.{index}.content"

@@ -20,7 +20,11 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 
+from shared import logs
 from shared.exits import ExitStatus
+from shared.logs import LogChoice
+from shared.model_registry import cli as model_cli
+from shared.model_registry.store import ModelRegistry
 from shared.registry import live_workers_now
 from shared.settings import DEFAULT_MODEL, ApiSettings
 from shared.supervise import Child, Death, Supervisor, worker_restartable
@@ -28,6 +32,7 @@ from shared.supervise import Child, Death, Supervisor, worker_restartable
 COMMANDS_GROUP = "tokenq.commands"
 
 app = typer.Typer(help="tokenq: an LLM API that scales out on Redis.", no_args_is_help=True)
+app.add_typer(model_cli.app, name="model")
 console = Console(stderr=True)
 
 
@@ -47,29 +52,45 @@ def main() -> None:
 def up(
     host: Annotated[str, typer.Option(help="Address for the API.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port for the API.")] = 8000,
-    model: Annotated[str, typer.Option(help="Model name for the worker.")] = DEFAULT_MODEL,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="A registered model to start a worker for (repeatable)."),
+    ] = None,
+    log_format: Annotated[
+        LogChoice | None,
+        typer.Option(
+            help="Children's logs: auto (pretty on a terminal, else json), json, text, pretty. "
+            "Default: TOKENQ_LOG_FORMAT if set, else auto."
+        ),
+    ] = None,
 ) -> None:
-    """Redis (if none answers), one API and one worker, in the foreground; Ctrl-C stops all.
+    """Redis (if none answers), one API and a worker per model, in the foreground; Ctrl-C
+    stops all. The default model is registered on first use (`tokenq model add` others).
 
     A child that dies is reported (exit status or signal, its last lines) and restarted with
-    backoff; one that cannot recover (a failed engine check, repeated deaths) stops them all
-    with exit status 1.
+    backoff; one that cannot recover (a failed engine check, a model file that is missing or
+    changed, repeated deaths) stops them all with exit status 1.
     """
     settings = ApiSettings()
+    models = list(dict.fromkeys(model or [DEFAULT_MODEL]))
     url = f"http://{host}:{port}"
     me = [sys.executable, "-m", "shared.cli"]
+    if log_format is None:
+        log_format = settings.log_format if "log_format" in settings.model_fields_set else "auto"
+    # The children write to our pipe, not the terminal: the choice is made here, once.
+    env: dict[str, str] = {"TOKENQ_LOG_FORMAT": logs.resolve(log_format, sys.stderr)}
     children = []
     if not _redis_answers(settings.redis_url):
         children.append(_redis_child(settings.redis_url))
     children += [
-        Child(
-            "worker",
-            [*me, "worker", "--model", model],
-            ready=lambda child: _worker_registered(settings.redis_url, model, child.pid),
-            restartable=worker_restartable,
-        ),
-        Child("api", [*me, "api", "--host", host, "--port", str(port)], ready=_healthy(url)),
+        _worker_child(me, settings.redis_url, name, env, named=len(models) > 1)
+        for name in models
     ]
+    children.append(
+        Child(
+            "api", [*me, "api", "--host", host, "--port", str(port)], ready=_healthy(url), env=env
+        )
+    )
     supervisor = Supervisor(children)
     stopping = False
 
@@ -88,7 +109,7 @@ def up(
                 failed |= _report(death)
             if not announced and _ready(url):
                 announced = True
-                _announce(url, model)
+                _announce(url, models)
             time.sleep(0.2)
     finally:
         supervisor.stop()
@@ -104,6 +125,11 @@ def _report(death: Death) -> bool:
             console.print(f"  | {line}", highlight=False, markup=False, soft_wrap=True)
     if death.returncode == ExitStatus.ENGINE_CHECK_FAILED:
         console.print("[red]its engine failed the start-up check: restarting cannot help.[/]")
+    elif death.returncode == ExitStatus.MODEL_FILE_INVALID:
+        console.print(
+            "[red]its model is not registered, or its file is missing or changed (see its "
+            "last lines, `tokenq model verify`): restarting cannot help.[/]"
+        )
     elif death.returncode < 0 and not death.child.was_ready:
         console.print(
             "[red]a crash while starting often means a llama.cpp build this CPU cannot run: "
@@ -116,8 +142,28 @@ def _report(death: Death) -> bool:
     return False
 
 
-def _announce(url: str, model: str) -> None:
-    console.print(f"[bold green]tokenq is up[/] at {url}  (model: {model})")
+def _worker_child(
+    me: list[str], redis_url: str, model: str, env: dict[str, str], *, named: bool
+) -> Child:
+    return Child(
+        f"worker {model}" if named else "worker",
+        [*me, "worker", "--model", model],
+        ready=lambda child: _worker_registered(redis_url, model, child.pid),
+        restartable=worker_restartable,
+        env=env,
+    )
+
+
+def _announce(url: str, models: list[str]) -> None:
+    console.print(f"[bold green]tokenq is up[/] (models: {', '.join(models)})", highlight=False)
+    for name, where in (
+        ("API", f"{url}/v1  (OpenAI; Anthropic at {url}, Ollama at {url})"),
+        ("playground", f"{url}/playground"),
+        ("chat", f"tokenq chat --url {url}"),
+        ("metrics", f"{url}/metrics"),
+    ):
+        console.print(f"  [bold]{name:<11}[/]{where}", highlight=False, soft_wrap=True)
+    model = models[0]
     console.print(
         f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
         f'-d \'{{"model": "{model}", "messages": '
@@ -130,7 +176,8 @@ def _worker_registered(redis_url: str, model: str, pid: int | None) -> bool:
     """Whether the worker with this pid (on this host) has registered."""
     try:
         redis = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
-        workers = live_workers_now(redis, model)
+        entry = ModelRegistry(redis).get(model)  # the worker registers the canonical name
+        workers = live_workers_now(redis, entry.name if entry else model)
     except RedisError:
         return False
     host = socket.gethostname()

@@ -62,6 +62,7 @@ class Flavour(StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
     OLLAMA = "ollama"
+    RESPONSES = "responses"  # OpenAI's Responses API (and its conversations)
 
 
 class ChatMessage(BaseModel):

@@ -34,6 +34,17 @@ def known_models() -> str:
     return f"{PREFIX}:models"
 
 
+def model_entries() -> str:
+    """Hash of the model registry (shared/model_registry/): canonical name -> entry JSON."""
+    return f"{PREFIX}:registry:models"
+
+
+def model_aliases() -> str:
+    """Hash of every name the registry resolves (canonical names and aliases) -> canonical
+    name."""
+    return f"{PREFIX}:registry:names"
+
+
 def model_facts(digest: str) -> str:
     """A model file's facts (shared/model_facts.py) by its content's sha256; never expires."""
     return f"{PREFIX}:facts:{digest}"
@@ -79,3 +90,15 @@ def events_client_name() -> str:
     """The name (CLIENT SETNAME) of an API process's subscriber connections, as CLIENT LIST
     shows them."""
     return f"{PREFIX}-api-events"
+
+
+def stored_response(response_id: str) -> str:
+    """A stored Responses API response (`resp_...`): the object, its input items and the
+    conversation it continues (api/responses/store.py); expires after `responses_ttl_s`."""
+    return f"{PREFIX}:response:{response_id}"
+
+
+def conversation(conversation_id: str) -> str:
+    """A Responses API conversation (`conv_...`): its metadata and items, one JSON value
+    (api/responses/store.py); expires `responses_ttl_s` after its last change."""
+    return f"{PREFIX}:conversation:{conversation_id}"

@@ -1,4 +1,5 @@
-"""Logging for both sides: one JSON object a line, carrying the request and job ids in scope.
+"""Logging for both sides: one JSON object a line, carrying the request and job ids in scope;
+for a person at a terminal, `pretty`: short coloured lines, one per request.
 
 `bind(request_id=..., job_id=...)` adds fields to every record logged from the current context
 (an HTTP request's task on the API, the running job on the worker); `log_context` does the
@@ -7,14 +8,31 @@ same for a block and undoes it after.
 
 import logging
 import logging.config
+import os
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 
-LogFormat = Literal["json", "text"]
+LogFormat = Literal["json", "text", "pretty"]
+# What settings and flags take: `auto` is `pretty` when the log goes to a terminal, else `json`.
+LogChoice = Literal["auto", "json", "text", "pretty"]
+
+# The loggers of the one line an API request ends with, and of a worker's job lines.
+REQUESTS_LOGGER = "tokenq.requests"
+JOBS_LOGGER = "tokenq.jobs"
+
+
+def resolve(choice: LogChoice, stream: TextIO) -> LogFormat:
+    """The format for `choice` when logging to `stream`: the one place a terminal is detected."""
+    if choice != "auto":
+        return choice
+    return "pretty" if stream.isatty() else "json"
+
 
 _fields: ContextVar[dict[str, str] | None] = ContextVar("tokenq_log_fields", default=None)
 
@@ -71,12 +89,85 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{' '.join(fields)}]" if fields else line
 
 
+_RESET = "\033[0m"
+_DIM = "\033[2m"
+_BOLD = "\033[1m"
+_LEVEL_COLOURS = {"WARNING": "\033[33m", "ERROR": "\033[31m", "CRITICAL": "\033[1;31m"}
+
+
+def _status_colour(status: int) -> str:
+    if status < 400:
+        return "\033[32m"  # green
+    if status < 500:
+        return "\033[33m"  # yellow (499: the client went away)
+    return "\033[31m"  # red
+
+
+class PrettyFormatter(logging.Formatter):
+    """For a person at a terminal: `12:01:02 200 openai smollm2 12+48 tokens 0.84s (first
+    token 0.06s)` for each request, `12:01:02 WARNING name: message` for the rest; coloured
+    unless NO_COLOR is set (the output usually reaches the terminal through `tokenq up`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.colour = not os.environ.get("NO_COLOR")
+
+    def _paint(self, colour: str, text: str) -> str:
+        return f"{colour}{text}{_RESET}" if self.colour else text
+
+    def format(self, record: logging.LogRecord) -> str:
+        clock = self._paint(_DIM, time.strftime("%H:%M:%S", time.localtime(record.created)))
+        if record.name == REQUESTS_LOGGER and isinstance(getattr(record, "status", None), int):
+            return f"{clock} {self._request(record)}"
+        level = record.levelname
+        if level in _LEVEL_COLOURS:
+            level = self._paint(_LEVEL_COLOURS[level], level)
+        line = f"{clock} {level} {record.name}: {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+    def _request(self, record: logging.LogRecord) -> str:
+        fields = record.__dict__
+        status: int = fields["status"]
+        parts = [
+            self._paint(_BOLD + _status_colour(status), str(status)),
+            str(fields.get("flavour", "")),
+            fields.get("model") or "-",
+        ]
+        if "completion_tokens" in fields:
+            parts.append(f"{fields.get('prompt_tokens', 0)}+{fields['completion_tokens']} tokens")
+        duration = f"{fields.get('duration_s', 0):.2f}s"
+        if "ttft_s" in fields:
+            duration += self._paint(_DIM, f" (first token {fields['ttft_s']:.2f}s)")
+        parts.append(duration)
+        for name in ("finish_reason", "rejection"):
+            if name in fields and fields[name] != "stop":
+                parts.append(self._paint(_DIM, str(fields[name])))
+        return " ".join(parts)
+
+
+class PrettyQuiet(logging.Filter):
+    """For `pretty`: the request's own line replaces uvicorn's access line, and the API's line
+    the worker's routine job lines (their warnings and errors still show)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access":
+            return False
+        return not (record.name == JOBS_LOGGER and record.levelno <= logging.INFO)
+
+
 def logging_config(fmt: LogFormat = "json", level: str = "INFO") -> dict[str, Any]:
     """A `logging.config.dictConfig` schema; uvicorn applies it in each of its processes."""
+    filters = ["context", "pretty"] if fmt == "pretty" else ["context"]
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": ContextFilter}, "probes": {"()": QuietProbes}},
+        "filters": {
+            "context": {"()": ContextFilter},
+            "probes": {"()": QuietProbes},
+            "pretty": {"()": PrettyQuiet},
+        },
         "formatters": {
             "json": {
                 "()": "pythonjsonlogger.json.JsonFormatter",
@@ -87,13 +178,14 @@ def logging_config(fmt: LogFormat = "json", level: str = "INFO") -> dict[str, An
                 "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
             },
             "text": {"()": TextFormatter},
+            "pretty": {"()": PrettyFormatter},
         },
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stderr",
                 "formatter": fmt,
-                "filters": ["context"],
+                "filters": filters,
             }
         },
         "root": {"level": level, "handlers": ["stderr"]},
@@ -106,8 +198,9 @@ def logging_config(fmt: LogFormat = "json", level: str = "INFO") -> dict[str, An
     }
 
 
-def configure(fmt: LogFormat = "json") -> dict[str, Any]:
-    """Apply `logging_config(fmt)` to this process and return it (uvicorn takes it too)."""
-    config = logging_config(fmt)
+def configure(choice: LogChoice = "json", stream: TextIO | None = None) -> dict[str, Any]:
+    """Apply `logging_config` for `choice` (on stderr, or `stream` for `auto`) to this process
+    and return it (uvicorn takes it too)."""
+    config = logging_config(resolve(choice, stream or sys.stderr))
     logging.config.dictConfig(config)
     return config

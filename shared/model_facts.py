@@ -50,13 +50,14 @@ class ModelFacts(BaseModel):
         return value if isinstance(value, str) else None
 
 
-def describe(redis: Redis, path: Path) -> ModelFacts:
+def describe(redis: Redis, path: Path, digest: str | None = None) -> ModelFacts:
     """The file's facts, its metadata read from Redis when this content was read before.
 
-    Also makes sure the file's tokenizer is published (shared/vocab.py), reading the file for
-    it only if no worker of this content did before.
+    `digest`: the file's sha256 when the caller has just computed it. Also makes sure the
+    file's tokenizer is published (shared/vocab.py), reading the file for it only if no worker
+    of this content did before.
     """
-    digest = _sha256(path)
+    digest = digest or sha256(path)
     cached = redis.get(keys.model_facts(digest))
     reader: gguf.GGUFReader | None = None
     if cached is None:
@@ -92,7 +93,7 @@ def read_facts(
     file_type = metadata.get("general.file_type")
     return ModelFacts(
         size=stat.st_size,
-        digest=digest or _sha256(path),
+        digest=digest or sha256(path),
         modified_at=stat.st_mtime,
         architecture=str(metadata.get("general.architecture", "unknown")),
         parameter_count=int(parameters) if isinstance(parameters, int | float) else 0,
@@ -136,7 +137,8 @@ def _file_type_name(file_type: int | None) -> str:
     return name.removeprefix("ALL_").removeprefix("MOSTLY_")
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """The file's sha256, hex (about 0.3 s per 100 MB)."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
         while chunk := file.read(_HASH_CHUNK):

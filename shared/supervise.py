@@ -2,9 +2,11 @@
 
 A child that dies is reported with its exit status or signal and the last lines it wrote.
 It is restarted with a growing backoff, unless restarting cannot help: a worker whose engine
-failed its start-up check, or a child that keeps dying (`max_deaths` within `death_window_s`).
+failed its start-up check or whose model file is missing or changed, or a child that keeps
+dying (`max_deaths` within `death_window_s`).
 """
 
+import os
 import signal
 import subprocess
 import sys
@@ -40,6 +42,7 @@ class Child:
     # Whether restarting it can help, given its exit status.
     restartable: Callable[[int], bool] = lambda returncode: True
     echo: bool = True  # copy its output to ours (else only keep its last lines)
+    env: dict[str, str] | None = None  # set in its environment, over ours
     proc: "subprocess.Popen[bytes] | None" = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     was_ready: bool = False
@@ -62,6 +65,7 @@ class Child:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         threading.Thread(target=self._copy, args=(self.proc,), daemon=True).start()
 
@@ -159,4 +163,4 @@ class Supervisor:
 
 
 def worker_restartable(returncode: int) -> bool:
-    return returncode != ExitStatus.ENGINE_CHECK_FAILED
+    return returncode not in (ExitStatus.ENGINE_CHECK_FAILED, ExitStatus.MODEL_FILE_INVALID)

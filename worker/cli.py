@@ -18,8 +18,12 @@ def register(app: typer.Typer) -> None:
 
 
 def worker(
-    model: Annotated[str | None, typer.Option(help="Model name this worker serves.")] = None,
-    gguf: Annotated[Path | None, typer.Option(help="GGUF file (default: SmolLM2).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Registered model (or alias) this worker serves.")
+    ] = None,
+    gguf: Annotated[
+        Path | None, typer.Option(help="Serve this GGUF file as is, bypassing the registry.")
+    ] = None,
     n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context window.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads.")] = None,
     slots: Annotated[
@@ -50,7 +54,8 @@ def worker(
         str | None, typer.Option("--metrics-host", help="Address for the metrics port.")
     ] = None,
 ) -> None:
-    """Run one worker pinned to one model."""
+    """Run one worker pinned to one model: its file is found through the registry and must
+    have its registered digest (exit status 4 otherwise)."""
     from worker.main import run_worker
 
     given = {

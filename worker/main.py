@@ -17,6 +17,9 @@ from shared.exits import ExitStatus
 from shared.lifecycle.worker_side import RedisJobControl, RunGate, RunningJobs
 from shared.metrics import WorkerMetrics
 from shared.model_facts import describe
+from shared.model_registry.files import ModelFileError
+from shared.model_registry.ops import ServedFile, worker_file
+from shared.model_registry.store import ModelRegistry
 from shared.queues import model_queue
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
@@ -37,17 +40,19 @@ def run_worker(settings: WorkerSettings) -> None:
     """Serve `settings.model` until SIGTERM/SIGINT (the running job is finished first)."""
     # A crash inside llama.cpp (SIGSEGV, SIGILL, SIGBUS) prints the Python stack it hit.
     faulthandler.enable()
-    observer = WorkerObserver(WorkerMetrics(settings.model), settings.heartbeat_ttl_s)
-    if settings.metrics_port is not None:  # up before the model loads: liveness during a load
-        serve(observer, settings.metrics_host, settings.metrics_port)
-    gguf = settings.gguf_path()
-    log.info("loading %s for model %s", gguf, settings.model)
     timeout = settings.redis_timeout_s
     control_redis = Redis.from_url(
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
     )
-    # Describing the file (hash, metadata) overlaps with loading the weights.
-    facts = ThreadPoolExecutor(max_workers=1).submit(describe, control_redis, gguf)
+    served = _served_file(control_redis, settings)
+    settings = settings.model_copy(update={"model": served.model})  # an alias: its model
+    observer = WorkerObserver(WorkerMetrics(settings.model), settings.heartbeat_ttl_s)
+    if settings.metrics_port is not None:  # up before the model loads: liveness during a load
+        serve(observer, settings.metrics_host, settings.metrics_port)
+    gguf = served.path
+    log.info("loading %s for model %s", gguf, settings.model)
+    # Describing the file (metadata) overlaps with loading the weights.
+    facts = ThreadPoolExecutor(max_workers=1).submit(describe, control_redis, gguf, served.digest)
     engine = BatchEngine(
         gguf,
         slots=settings.slots,
@@ -127,6 +132,23 @@ def run_worker(settings: WorkerSettings) -> None:
         )
     scheduler.stop()
     publisher.close()  # what the last jobs published is sent before the process exits
+
+
+def _served_file(redis: Redis, settings: WorkerSettings) -> ServedFile:
+    """The file to serve, through the registry unless given by path; exit with a plain cause
+    (a status `tokenq up` does not restart) if it is not registered, missing or changed."""
+    try:
+        served = worker_file(
+            ModelRegistry(redis), settings.models_dir, settings.model, settings.gguf
+        )
+    except ModelFileError as exc:
+        log.error("not starting: %s", exc)
+        raise SystemExit(ExitStatus.MODEL_FILE_INVALID) from exc
+    if served.digest is not None:
+        log.info(
+            "model %s: %s has its registered sha256 %s", served.model, served.path, served.digest
+        )
+    return served
 
 
 def _check_engine(engine: Engine) -> None:

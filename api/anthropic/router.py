@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 from api.anthropic import serving
 from api.anthropic.protocol import CountTokensRequest, Message, MessagesRequest, TokenCount
 from api.deps import RequestIdDep, StateDep
+from api.models import job_for
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import answer
 from api.submit import count_prompt, submit
@@ -27,7 +28,7 @@ async def messages(
     observation: ObservationDep,
     request_id: RequestIdDep = None,
 ) -> Message | Response:
-    job = body.to_job(state.job_deadline(), request_id)
+    job = await job_for(state, body, request_id)
     stream = await submit(state, job, observation)
     return await answer(
         stream,
@@ -41,4 +42,5 @@ async def messages(
 @router.post("/messages/count_tokens")
 async def count_tokens(body: CountTokensRequest, state: StateDep) -> TokenCount:
     """The prompt's tokens with the model's own template and tokenizer, as a request counts."""
-    return TokenCount(input_tokens=await count_prompt(state, body.to_job(time.time())))
+    job = await job_for(state, body, None, deadline=time.time())
+    return TokenCount(input_tokens=await count_prompt(state, job))

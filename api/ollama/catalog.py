@@ -1,17 +1,18 @@
 """Ollama's model catalog (/api/tags, /api/ps, /api/show): its wire types, filled from the
-facts each worker registers about the GGUF file it serves (shared/model_facts.py)."""
+registry's entries (shared/model_registry) and, for a served unregistered model, the facts its
+worker registered about its GGUF file (shared/model_facts.py)."""
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
 
 from pydantic import BaseModel, model_validator
 
+from api.models import CatalogModel
 from api.ollama.protocol import Options, model_name
 from api.wire import WireModel
 from shared.job import Text
 from shared.model_facts import MetadataValue, ModelFacts, parameter_size
-from shared.registry import WorkerInfo
+from shared.model_registry.files import file_name
 
 # A worker keeps its model loaded until it stops. Ollama says "never unloads" (keep_alive < 0)
 # with an expiry at the far end of its duration type, 2**63 ns from now; so does this.
@@ -105,23 +106,6 @@ class VersionResponse(BaseModel):
     version: str
 
 
-class Served(NamedTuple):
-    """A model, the newest of its live workers that described its file, and that file."""
-
-    model: str
-    worker: WorkerInfo
-    facts: ModelFacts
-
-
-def served(model: str, workers: list[WorkerInfo]) -> Served | None:
-    described = [Served(model, w, w.facts) for w in workers if w.facts is not None]
-    return max(described, key=lambda s: s.worker.started_at) if described else None
-
-
-def served_models(models: dict[str, list[WorkerInfo]]) -> list[Served]:
-    return [s for model, workers in models.items() if (s := served(model, workers))]
-
-
 def details(facts: ModelFacts) -> ModelDetails:
     return ModelDetails(
         format=facts.format,
@@ -132,51 +116,71 @@ def details(facts: ModelFacts) -> ModelDetails:
     )
 
 
-def listed(served: Served) -> ListedModel:
-    facts = served.facts
+def listed(model: CatalogModel) -> ListedModel | None:
+    """The model as /api/tags lists it (None: nothing known about its file yet)."""
+    facts = model.facts
+    if facts is None:
+        return None
     return ListedModel(
-        name=display_name(served.model),
-        model=display_name(served.model),
-        modified_at=timestamp(facts.modified_at),
+        name=display_name(model.name),
+        model=display_name(model.name),
+        modified_at=timestamp(model.entry.added_at if model.entry else facts.modified_at),
         size=facts.size,
         digest=facts.digest,
         details=details(facts),
     )
 
 
-def running(served: Served) -> RunningModel:
-    worker, facts = served.worker, served.facts
+def running(model: CatalogModel) -> RunningModel | None:
+    """The model as /api/ps lists it (None: no live worker has described its file)."""
+    worker, facts = model.newest_worker, model.facts
+    if worker is None or facts is None:
+        return None
     return RunningModel(
-        name=display_name(served.model),
-        model=display_name(served.model),
+        name=display_name(model.name),
+        model=display_name(model.name),
         size=facts.size,
         digest=facts.digest,
         details=details(facts),
         expires_at=timestamp(time.time() + _FOREVER.total_seconds()),
         # The file's size where its layers are offloaded, as no per-layer figure is kept.
         size_vram=facts.size if worker.backend != "cpu" else 0,
-        context_length=worker.n_ctx,
+        context_length=min(w.n_ctx for w in model.workers),
     )
 
 
-def show(served: Served) -> ShowResponse:
-    worker, facts = served.worker, served.facts
-    parameters = {"num_ctx": worker.n_ctx} | {
-        name: Options.model_fields[name].default for name in _SHOWN_DEFAULTS
-    }
+def show(model: CatalogModel) -> ShowResponse | None:
+    """The model as /api/show describes it (None: nothing known about its file yet).
+
+    Its parameters are what a request leaving them out gets: the Ollama flavour's defaults,
+    overridden by the registered model's generation defaults.
+    """
+    facts, worker = model.facts, model.newest_worker
+    if facts is None:
+        return None
+    n_ctx = worker.n_ctx if worker else (model.entry.context_length if model.entry else None)
+    parameters: dict[str, object] = {"num_ctx": n_ctx} if n_ctx else {}
+    parameters |= {name: Options.model_fields[name].default for name in _SHOWN_DEFAULTS}
+    stops: list[str] = []
+    if model.entry is not None:
+        given = model.entry.defaults.given()
+        renamed = {"max_tokens": "num_predict"}
+        parameters |= {renamed.get(k, k): v for k, v in given.items() if k != "stop"}
+        stops = model.entry.defaults.stop or []
     template = facts.chat_template or ""
-    modelfile = [
-        f"# Modelfile of the tokenq worker {worker.worker_id}",
-        f"FROM {worker.gguf}",
-        f'TEMPLATE """{template}"""',
-        *(f"PARAMETER {name} {value}" for name, value in parameters.items()),
-    ]
+    source = worker.gguf if worker else file_name(facts.digest)
+    lines = [f"# Modelfile of the tokenq model {model.name}", f"FROM {source}"]
+    lines.append(f'TEMPLATE """{template}"""')
+    lines += [f"PARAMETER {name} {value}" for name, value in parameters.items()]
+    lines += [f'PARAMETER stop "{stop}"' for stop in stops]
     if facts.license:
-        modelfile.append(f'LICENSE """{facts.license}"""')
+        lines.append(f'LICENSE """{facts.license}"""')
+    shown = [f"{name:<30} {value}" for name, value in parameters.items()]
+    shown += [f'{"stop":<30} "{stop}"' for stop in stops]
     return ShowResponse(
         license=facts.license or "",
-        modelfile="\n".join(modelfile) + "\n",
-        parameters="\n".join(f"{name:<30} {value}" for name, value in parameters.items()),
+        modelfile="\n".join(lines) + "\n",
+        parameters="\n".join(shown),
         template=template,
         details=details(facts),
         model_info=facts.metadata,

@@ -1,7 +1,7 @@
 """Ollama HTTP routes: parse, submit, answer. Translation lives in protocol, catalog, serving.
 
-Model names are Ollama's: `smollm2` and `smollm2:latest` are the same model; responses echo
-the name the request gave.
+Model names are Ollama's: `smollm2` and `smollm2:latest` are the same model, and a registered
+alias names its model (api/models.py); responses echo the name the request gave.
 """
 
 import importlib.metadata
@@ -11,7 +11,8 @@ from fastapi.responses import PlainTextResponse
 
 from api.deps import RequestIdDep, StateDep
 from api.errors import NoWorkerError
-from api.models import live_models, require_live_worker
+from api.models import canonical, catalog_model, job_for, require_live_worker
+from api.models import catalog as known_catalog
 from api.ollama import catalog, serving
 from api.ollama.catalog import PsResponse, ShowRequest, ShowResponse, TagsResponse, VersionResponse
 from api.ollama.protocol import ChatDone, ChatRequest, GenerateDone, GenerateRequest
@@ -42,10 +43,10 @@ async def generate(
     request_id: RequestIdDep = None,
 ) -> GenerateDone | Response:
     if not body.prompt:
-        await require_live_worker(state, body.target)
+        await require_live_worker(state, await canonical(state, body.target))
         return serving.loaded_generate(body.model)
     job = await serving.fit_context(
-        state, body.to_job(state.job_deadline(), request_id), body.options.num_ctx
+        state, await job_for(state, body, request_id), body.options.num_ctx
     )
     return await answer(
         await submit(state, job, observation),
@@ -63,10 +64,10 @@ async def chat(
     request_id: RequestIdDep = None,
 ) -> ChatDone | Response:
     if not body.messages:
-        await require_live_worker(state, body.target)
+        await require_live_worker(state, await canonical(state, body.target))
         return serving.loaded_chat(body.model)
     job = await serving.fit_context(
-        state, body.to_job(state.job_deadline(), request_id), body.options.num_ctx
+        state, await job_for(state, body, request_id), body.options.num_ctx
     )
     return await answer(
         await submit(state, job, observation),
@@ -78,24 +79,24 @@ async def chat(
 
 @router.get("/api/tags")
 async def tags(state: StateDep) -> TagsResponse:
-    """The models with a live worker."""
-    models = catalog.served_models(await live_models(state))
-    return TagsResponse(models=[catalog.listed(served) for served in models])
+    """The registered models, served or not (and any served unregistered one)."""
+    listed = [catalog.listed(model) for model in await known_catalog(state)]
+    return TagsResponse(models=[m for m in listed if m is not None])
 
 
 @router.get("/api/ps")
 async def ps(state: StateDep) -> PsResponse:
-    """The models loaded in a live worker: all of them, as workers load theirs at start."""
-    models = catalog.served_models(await live_models(state))
-    return PsResponse(models=[catalog.running(served) for served in models])
+    """The models loaded in a live worker: all served ones, as workers load theirs at start."""
+    running = [catalog.running(model) for model in await known_catalog(state)]
+    return PsResponse(models=[m for m in running if m is not None])
 
 
 @router.post("/api/show")
 async def show(body: ShowRequest, state: StateDep) -> ShowResponse:
-    served = catalog.served(body.target, await require_live_worker(state, body.target))
-    if served is None:
+    shown = catalog.show(await catalog_model(state, body.target))
+    if shown is None:
         raise NoWorkerError(f"no live worker of '{body.requested}' has described its model file")
-    return catalog.show(served)
+    return shown
 
 
 @router.get("/api/version")

@@ -323,6 +323,10 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "tokenq"
+    # tokenq's own fields (OpenAI's clients keep unknown fields): the registry's view.
+    aliases: list[str] = Field(default_factory=list)
+    digest: str | None = Field(default=None, description="sha256:<hex> of the model file.")
+    live_workers: int = 0
 
 
 class ModelList(BaseModel):

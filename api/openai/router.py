@@ -3,8 +3,7 @@
 from fastapi import APIRouter, Response
 
 from api.deps import RequestIdDep, StateDep
-from api.errors import ModelNotFoundError
-from api.models import live_models
+from api.models import CatalogModel, catalog, catalog_model, job_for
 from api.openai import serving
 from api.openai.protocol import (
     ChatCompletion,
@@ -31,7 +30,7 @@ async def chat_completions(
     observation: ObservationDep,
     request_id: RequestIdDep = None,
 ) -> ChatCompletion | Response:
-    job = body.to_job(state.job_deadline(), request_id)
+    job = await job_for(state, body, request_id)
     return await answer(
         await submit(state, job, observation),
         body.stream,
@@ -47,7 +46,7 @@ async def completions(
     observation: ObservationDep,
     request_id: RequestIdDep = None,
 ) -> Completion | Response:
-    job = body.to_job(state.job_deadline(), request_id)
+    job = await job_for(state, body, request_id)
     return await answer(
         await submit(state, job, observation),
         body.stream,
@@ -58,19 +57,22 @@ async def completions(
 
 @router.get("/models")
 async def list_models(state: StateDep) -> ModelList:
-    models = await live_models(state)
-    return ModelList(
-        data=[_card(name, min(w.started_at for w in ws)) for name, ws in models.items()]
-    )
+    """The registered models (served or not) and any served unregistered one."""
+    return ModelList(data=[_card(model) for model in await catalog(state)])
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, state: StateDep) -> ModelCard:
-    workers = (await live_models(state)).get(model_id)
-    if not workers:
-        raise ModelNotFoundError(f"the model '{model_id}' does not exist", param="model")
-    return _card(model_id, min(w.started_at for w in workers))
+    """A model by its name or an alias (its card carries the canonical name)."""
+    return _card(await catalog_model(state, model_id))
 
 
-def _card(model: str, started_at: float) -> ModelCard:
-    return ModelCard(id=model, created=int(started_at))
+def _card(model: CatalogModel) -> ModelCard:
+    facts = model.facts
+    return ModelCard(
+        id=model.name,
+        created=int(model.created),
+        aliases=model.entry.aliases if model.entry is not None else [],
+        digest=f"sha256:{facts.digest}" if facts is not None else None,
+        live_workers=len(model.workers),
+    )

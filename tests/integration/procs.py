@@ -23,6 +23,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
+from shared.model_registry.store import ModelRegistry
+from shared.settings import DEFAULT_MODEL, default_gguf_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,7 +195,13 @@ class Process:
 
 
 class WorkerProcess(Process):
+    """A worker of `model`: a registered one (the default model registers itself), or any
+    other name served from the default model's file (`--gguf`, bypassing the registry)."""
+
     def __init__(self, redis: RedisServer, model: str, log: Path, *extra: str) -> None:
+        unregistered = ModelRegistry(redis.client()).get(model) is None
+        if model != DEFAULT_MODEL and "--gguf" not in extra and unregistered:
+            extra = (*extra, "--gguf", str(default_gguf_path()))
         self.metrics_port = free_port()
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
         super().__init__(

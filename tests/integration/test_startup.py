@@ -93,8 +93,8 @@ def worker_pids(redis: Redis, model: str) -> set[int]:
 def test_up_reports_a_worker_killed_by_a_signal_and_restarts_it(
     own_redis: RedisServer, tmp_path: Path
 ) -> None:
-    model = "up-model"
-    up = start_up(own_redis, tmp_path / "up.log", model)
+    model = "up-model"  # an unregistered name, served from a file given by path
+    up = start_up(own_redis, tmp_path / "up.log", model, TOKENQ_GGUF=str(default_gguf_path()))
     try:
         redis = own_redis.client()
         wait_for(lambda: len(worker_pids(redis, model)) == 1, 60, "the worker of tokenq up")

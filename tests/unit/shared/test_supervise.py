@@ -3,6 +3,8 @@
 import sys
 import time
 
+import pytest
+
 from shared.exits import ExitStatus
 from shared.supervise import Child, Death, Supervisor, describe_exit, worker_restartable
 
@@ -62,13 +64,14 @@ def test_backoff_grows_and_repeated_deaths_give_up() -> None:
     assert [default.backoff_s(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
 
 
-def test_a_failed_engine_check_is_not_restarted() -> None:
-    code = f"raise SystemExit({int(ExitStatus.ENGINE_CHECK_FAILED)})"
+@pytest.mark.parametrize("status", [ExitStatus.ENGINE_CHECK_FAILED, ExitStatus.MODEL_FILE_INVALID])
+def test_a_worker_that_cannot_recover_is_not_restarted(status: ExitStatus) -> None:
+    code = f"raise SystemExit({int(status)})"
     child = Child("worker", python(code), restartable=worker_restartable, echo=False)
     supervisor = Supervisor([child])
     supervisor.start()
     (death,) = wait_for_deaths(supervisor, 1)
-    assert death.returncode == ExitStatus.ENGINE_CHECK_FAILED
+    assert death.returncode == status
     assert death.restart_in_s is None
 
 

@@ -1,0 +1,1 @@
+"""OpenAI's Responses API and its conversations, with their state in Redis."""

@@ -1,0 +1,160 @@
+"""Responses API HTTP routes: `/v1/responses` and `/v1/conversations`. Parse, load the stored
+turns, submit, answer; translation lives in protocol, serving and store."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from api.deps import RequestIdDep, StateDep
+from api.errors import ContextLengthExceededError
+from api.models import job_for
+from api.pipeline import ObservationDep, flavour_route_class
+from api.relay import collect, stream_response
+from api.responses import serving
+from api.responses.items import ItemList, MessageItem, page
+from api.responses.objects import (
+    Conversation,
+    DeletedConversation,
+    DeletedResponse,
+    ResponseObject,
+)
+from api.responses.protocol import (
+    CreateConversationRequest,
+    CreateItemsRequest,
+    CreateResponseRequest,
+    UpdateConversationRequest,
+)
+from api.responses.store import ResponseStore, StoredConversation
+from api.submit import submit
+from shared.job import Flavour
+
+router = APIRouter(
+    prefix="/v1", route_class=flavour_route_class(serving.render_error, Flavour.RESPONSES)
+)
+
+
+def _store(state: StateDep) -> ResponseStore:
+    return ResponseStore(state.redis, state.settings)
+
+
+# This API's parameter for each that `submit` blames when a request does not fit the context.
+_CONTEXT_PARAMS = {"max_tokens": "max_output_tokens", "messages": "input"}
+
+StoreDep = Annotated[ResponseStore, Depends(_store)]
+Limit = Annotated[int, Query(ge=1, le=100)]
+Order = Literal["asc", "desc"]
+
+
+@router.post("/responses", response_model=None)
+async def create_response(
+    body: CreateResponseRequest,
+    state: StateDep,
+    store: StoreDep,
+    observation: ObservationDep,
+    request_id: RequestIdDep = None,
+) -> ResponseObject | Response:
+    history = await _history(store, body)
+    job = await job_for(state, body.with_history(history), request_id)
+    draft = serving.ResponseDraft(job, body, history)
+    store.check_size([*history, *draft.input_items], "input")
+    try:
+        stream = await submit(state, job, observation)
+    except ContextLengthExceededError as exc:  # named by the neutral job's fields
+        exc.param = _CONTEXT_PARAMS.get(exc.param or "", exc.param)
+        raise
+    if body.stream:
+        return await stream_response(stream, lambda: serving.ResponseStreamEncoder(draft, store))
+    out = await collect(stream)
+    response = draft.finished(out.text, out.done)
+    await serving.keep(store, draft, response)
+    return response
+
+
+async def _history(store: ResponseStore, body: CreateResponseRequest) -> list[MessageItem]:
+    """The stored turns the request continues (404 naming the parameter if they are gone)."""
+    if body.previous_response_id is not None:
+        previous = await store.response(body.previous_response_id, "previous_response_id")
+        return previous.context
+    if body.conversation_id is not None:
+        return (await store.conversation(body.conversation_id, "conversation")).items
+    return []
+
+
+@router.get("/responses/{response_id}")
+async def get_response(response_id: str, store: StoreDep) -> ResponseObject:
+    return (await store.response(response_id)).response
+
+
+@router.delete("/responses/{response_id}")
+async def delete_response(response_id: str, store: StoreDep) -> DeletedResponse:
+    await store.delete_response(response_id)
+    return DeletedResponse(id=response_id)
+
+
+@router.get("/responses/{response_id}/input_items")
+async def list_input_items(
+    response_id: str,
+    store: StoreDep,
+    limit: Limit = 20,
+    order: Order = "desc",
+    after: str | None = None,
+) -> ItemList:
+    return page((await store.response(response_id)).input_items, limit, order, after)
+
+
+@router.post("/conversations")
+async def create_conversation(body: CreateConversationRequest, store: StoreDep) -> Conversation:
+    items = [message.item() for message in body.items or []]
+    return (await store.create_conversation(body.metadata or {}, items)).public()
+
+
+@router.get("/conversations/{conversation_id}")
+async def get_conversation(conversation_id: str, store: StoreDep) -> Conversation:
+    return (await store.conversation(conversation_id)).public()
+
+
+@router.post("/conversations/{conversation_id}")
+async def update_conversation(
+    conversation_id: str, body: UpdateConversationRequest, store: StoreDep
+) -> Conversation:
+    def update(stored: StoredConversation) -> None:
+        stored.metadata = body.metadata or {}
+
+    return (await store.change_conversation(conversation_id, update)).public()
+
+
+@router.delete("/conversations/{conversation_id}")
+async def delete_conversation(conversation_id: str, store: StoreDep) -> DeletedConversation:
+    await store.delete_conversation(conversation_id)
+    return DeletedConversation(id=conversation_id)
+
+
+@router.get("/conversations/{conversation_id}/items")
+async def list_items(
+    conversation_id: str,
+    store: StoreDep,
+    limit: Limit = 20,
+    order: Order = "desc",
+    after: str | None = None,
+) -> ItemList:
+    return page((await store.conversation(conversation_id)).items, limit, order, after)
+
+
+@router.post("/conversations/{conversation_id}/items")
+async def add_items(conversation_id: str, body: CreateItemsRequest, store: StoreDep) -> ItemList:
+    items = [message.item() for message in body.items]
+    await store.add_items(conversation_id, items)
+    return ItemList(data=items, first_id=items[0].id, last_id=items[-1].id, has_more=False)
+
+
+@router.get("/conversations/{conversation_id}/items/{item_id}")
+async def get_item(conversation_id: str, item_id: str, store: StoreDep) -> MessageItem:
+    return (await store.conversation(conversation_id)).item(item_id)
+
+
+@router.delete("/conversations/{conversation_id}/items/{item_id}")
+async def delete_item(conversation_id: str, item_id: str, store: StoreDep) -> Conversation:
+    def remove(stored: StoredConversation) -> None:
+        stored.items.remove(stored.item(item_id))
+
+    return (await store.change_conversation(conversation_id, remove)).public()
