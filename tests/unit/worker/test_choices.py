@@ -18,7 +18,7 @@ from worker.slot_engine import SlotEngine
 
 @pytest.fixture
 def scheduler() -> Iterator[Scheduler]:
-    with Scheduler(FakeBatchEngine(slots=4)) as running:
+    with Scheduler(FakeBatchEngine(slots=4, step_delay_s=0.001)) as running:
         yield running
 
 
@@ -95,7 +95,7 @@ def test_logprobs_go_with_the_delta_that_carries_their_text() -> None:
 def test_a_group_waits_for_all_its_slots_and_free_slots_counts_them(
     scheduler: Scheduler,
 ) -> None:
-    held = [scheduler.open(script(n, 10_000), SamplingParams(), seed=0) for n in (1, 2)]
+    held = [scheduler.open(script(n, 10**7), SamplingParams(), seed=0) for n in (1, 2)]
     assert scheduler.free_slots == 2
     with pytest.raises(EngineBusyError):  # 3 slots wanted, 2 free
         scheduler.open_group(script(3, 2), SamplingParams(), [0, 1, 2], timeout=0.2)
