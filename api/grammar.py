@@ -131,7 +131,9 @@ def tool_call_grammar(
         schema["maxItems"] = 1
     body = _convert(schema, param)
     lines = [
-        f"{_CALLS_RULE} ::= {line.removeprefix('root ::= ')}" if line.startswith("root ::= ") else line
+        f"{_CALLS_RULE} ::= {line.removeprefix('root ::= ')}"
+        if line.startswith("root ::= ")
+        else line
         for line in body.split("\n")
     ]
     root = f"root ::= {_literal(CALL_OPEN)} {_CALLS_RULE} {_literal(CALL_CLOSE)}"
@@ -187,7 +189,8 @@ def _convert(schema: Any, param: str) -> str:
 
 @lru_cache(maxsize=256)
 def _cached(schema_json: str) -> str:
-    return json_schema_to_gbnf(schema_json).replace(_LOOSE_CHAR, _JSON_CHAR)
+    grammar: str = json_schema_to_gbnf(schema_json)
+    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
 
 
 def _checked(schema: Any, param: str) -> Any:
@@ -205,6 +208,9 @@ def _problem(node: Any, at: str) -> str | None:
     for key in node:
         if key not in _ENFORCED and key not in _ANNOTATIONS:
             return f"the keyword '{key}'{where} is not supported (the grammar cannot enforce it)"
+    ref = node.get("$ref")
+    if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
+        return f"the reference {json.dumps(ref)}{where} is not supported: only '#/...' ones"
     types = node.get("type")
     for name in types if isinstance(types, list) else [types] if types is not None else []:
         if name not in _TYPES:

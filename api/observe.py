@@ -21,6 +21,7 @@ from shared.metrics import CLIENT_CLOSED, ApiMetrics, RejectReason
 
 log = logging.getLogger("tokenq.requests")
 
+
 class RequestObservation:
     def __init__(self, metrics: ApiMetrics, flavour: Flavour, *, counted: bool) -> None:
         """Open one; `counted`: the route takes a request body (it generates, or tries to)."""

@@ -11,9 +11,10 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_chat_format import ChatFormatterResponse, Jinja2ChatFormatter
 
 from shared.job import ChatMessage, GenerationJob, Tool
 from shared.tool_prompt import (
@@ -163,9 +164,7 @@ class PromptTokenizer:
         if continue_final:
             text, added_special = self._continued(messages, tools)
         else:
-            rendered = self._template(  # type: ignore[misc]
-                messages=template_messages(messages), tools=template_tools(tools)
-            )
+            rendered = _format(self._template, messages, tools)
             text, added_special = rendered.prompt, rendered.added_special
         return RenderedPrompt(text.encode("utf-8"), add_bos=not added_special, special=True)
 
@@ -177,13 +176,20 @@ class PromptTokenizer:
         """
         final = messages[-1]
         marked = [*messages[:-1], final.model_copy(update={"content": _MARKER})]
-        rendered = self._closed(  # type: ignore[misc]
-            messages=template_messages(marked), tools=template_tools(tools)
-        )
+        rendered = _format(self._closed, marked, tools)
         at = rendered.prompt.rfind(_MARKER)
         if at < 0:
             raise ValueError("the chat template drops the final message's text")
         return rendered.prompt[:at] + final.content, rendered.added_special
+
+
+def _format(
+    template: Jinja2ChatFormatter, messages: list[ChatMessage], tools: list[Tool]
+) -> ChatFormatterResponse:
+    # The template takes plain JSON-shaped dicts; llama-cpp-python types them as TypedDicts.
+    chat: Any = template_messages(messages)
+    offered: Any = template_tools(tools)
+    return template(messages=chat, tools=offered)
 
 
 def _render_raw(prompt: str) -> RenderedPrompt:

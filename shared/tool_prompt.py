@@ -62,8 +62,10 @@ def generic_messages(messages: list[ChatMessage], tools: list[Tool]) -> list[Cha
         if message.role == "tool":
             result = f'<tool_response name="{message.name or ""}">{message.content}</tool_response>'
             last = plain[-1] if plain else None
-            if last is not None and last.role == "user" and last.content.endswith(
-                "</tool_response>"
+            if (
+                last is not None
+                and last.role == "user"
+                and last.content.endswith("</tool_response>")
             ):  # results of one round of calls share a user turn
                 plain[-1] = ChatMessage(role="user", content=f"{last.content}\n{result}")
             else:

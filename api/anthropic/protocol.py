@@ -223,7 +223,9 @@ class _Conversation(JobRequest):
                     if isinstance(b, ToolUseBlockParam)
                 ]
                 names.update((c.id, c.name) for c in calls)
-                turns.append((ChatMessage(role="assistant", content=m.text, tool_calls=calls), param))
+                turns.append(
+                    (ChatMessage(role="assistant", content=m.text, tool_calls=calls), param)
+                )
                 continue
             results = [b for b in m.content if isinstance(b, ToolResultBlockParam)]
             for result in results:
@@ -244,9 +246,12 @@ class _Conversation(JobRequest):
 
     def _tools(self) -> list[Tool]:
         return [
-            Tool(name=t.name, description=t.description or "", parameters=t.input_schema)
-            for t in self.tools or []
+            self.tool(i, t.name, t.description, t.input_schema)
+            for i, t in enumerate(self.tools or [])
         ]
+
+    def tool_param(self, index: int, field: str) -> str:
+        return f"tools.{index}.{'input_schema' if field == 'parameters' else field}"
 
     def _tool_choice(self) -> ToolChoice:
         match self.tool_choice:

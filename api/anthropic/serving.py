@@ -3,11 +3,11 @@
 from fastapi.responses import JSONResponse
 
 from api.anthropic.protocol import (
+    ContentBlock,
     ContentBlockDeltaEvent,
     ContentBlockStartEvent,
     ContentBlockStopEvent,
     DeltaUsage,
-    ContentBlock,
     ErrorBody,
     ErrorResponse,
     InputJsonDelta,
@@ -86,7 +86,10 @@ def message(job: GenerationJob, text: str, done: DoneEvent) -> Message:
     reply = read_reply(job, text)
     content: list[ContentBlock] = [TextBlock(text=reply.text)]
     if job.offers_tools:  # a text block only where there is text, as Anthropic answers
-        content = [*([TextBlock(text=reply.text)] if reply.text else []), *map(tool_use, reply.calls)]
+        content = [
+            *([TextBlock(text=reply.text)] if reply.text else []),
+            *map(tool_use, reply.calls),
+        ]
     return Message(
         id=message_id(job),
         model=job.model,
@@ -163,7 +166,9 @@ class MessageStreamEncoder(StreamEncoder):
                 ),
                 _frame(ContentBlockStopEvent(index=index)),
             ]
-        delta = MessageDelta(stop_reason=stop_reason(event, reply), stop_sequence=event.stop_sequence)
+        delta = MessageDelta(
+            stop_reason=stop_reason(event, reply), stop_sequence=event.stop_sequence
+        )
         return [
             *frames,
             _frame(

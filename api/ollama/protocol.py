@@ -298,16 +298,15 @@ class ChatRequest(_Request):
         Literal["auto", "none", "required"] | NamedChoice, Field(union_mode="left_to_right")
     ] = "auto"
 
+    def tool_param(self, index: int, field: str) -> str:
+        return f"tools.{index}.function.{field}"
+
     def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
         # A final assistant message is continued, as Ollama's templates leave it open.
         messages = [_chat_message(m, i) for i, m in enumerate(self.messages)]
         tools = [
-            Tool(
-                name=t.function.name,
-                description=t.function.description or "",
-                **({} if t.function.parameters is None else {"parameters": t.function.parameters}),
-            )
-            for t in self.tools or []
+            self.tool(i, t.function.name, t.function.description, t.function.parameters)
+            for i, t in enumerate(self.tools or [])
         ]
         choice: ToolChoice = (
             NamedToolChoice(name=self.tool_choice.function.name)

@@ -156,9 +156,7 @@ class ChatEncoder(_OllamaEncoder):
         self.splitter = CallSplitter(job)
 
     def _chunk(self, message: AssistantMessage) -> bytes:
-        return line(
-            ChatChunk(model=self.name, created_at=timestamp(time.time()), message=message)
-        )
+        return line(ChatChunk(model=self.name, created_at=timestamp(time.time()), message=message))
 
     def token(self, event: TokenEvent) -> list[bytes]:
         if not self.job.offers_tools:  # every token's line, as Ollama sends them

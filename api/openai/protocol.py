@@ -25,7 +25,6 @@ from shared.job import (
     ModelName,
     NamedToolChoice,
     SamplingParams,
-    Tool,
     ToolCall,
     ToolChoice,
 )
@@ -245,12 +244,8 @@ class ChatCompletionRequest(_SamplingFields):
             deadline=deadline,
             request_id=request_id,
             tools=[
-                Tool(
-                    name=t.function.name,
-                    description=t.function.description or "",
-                    **({} if t.function.parameters is None else {"parameters": t.function.parameters}),
-                )
-                for t in self.tools or []
+                self.tool(i, t.function.name, t.function.description, t.function.parameters)
+                for i, t in enumerate(self.tools or [])
             ],
             tool_choice=self._tool_choice(),
             parallel_tool_calls=self.parallel_tool_calls is not False,
@@ -261,6 +256,9 @@ class ChatCompletionRequest(_SamplingFields):
             tools_param="tools",
             format_param="response_format",
         )
+
+    def tool_param(self, index: int, field: str) -> str:
+        return f"tools.{index}.function.{field}"
 
     def _tool_choice(self) -> ToolChoice:
         if isinstance(self.tool_choice, NamedFunctionChoice):
@@ -283,8 +281,10 @@ class ChatCompletionRequest(_SamplingFields):
                         )
                     )
                 case AssistantMessage():
-                    calls = [_call(c, f"messages.{i}.tool_calls.{j}") for j, c in
-                             enumerate(m.tool_calls or [])]
+                    calls = [
+                        _call(c, f"messages.{i}.tool_calls.{j}")
+                        for j, c in enumerate(m.tool_calls or [])
+                    ]
                     names.update((c.id, c.name) for c in calls)
                     messages.append(
                         ChatMessage(role="assistant", content=_text(m.content), tool_calls=calls)
