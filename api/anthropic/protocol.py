@@ -69,6 +69,9 @@ class ToolUseBlockParam(WireModel):
     name: str
     input: dict[str, Any]
     cache_control: CacheControl | None = None
+    # An earlier response's block given back as the SDK dumps it.
+    caller: None = None
+    toolset_name: None = None
 
 
 class ToolResultBlockParam(WireModel):
