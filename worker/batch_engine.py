@@ -160,6 +160,7 @@ class BatchEngine:
         self.last_reused = 0  # ... by the last start
         self.last_batch_sequences = 0  # sequences in the last step's batch
         self.last_batch_tokens = 0  # tokens in the last step's batch
+        self.grammar_resampled = 0  # tokens a grammar rejected, sampled again under it
 
     @property
     def info(self) -> EngineInfo:
@@ -191,7 +192,7 @@ class BatchEngine:
         return self._evict_idle(self._ctx.n_ctx)
 
     def prompt_tokens(self, job: GenerationJob) -> list[int]:
-        return self._tokenizer.tokens(job.messages, job.prompt, job.continue_final_message)
+        return self._tokenizer.job_tokens(job)
 
     def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
         """Take the free slot whose cache shares the longest prefix with `prompt`; its
@@ -203,6 +204,7 @@ class BatchEngine:
         free = [slot for slot in self._slots if not slot.active]
         if not free:
             raise EngineBusyError(f"all {len(self._slots)} slots are busy")
+        chain = SamplerChain(sampling, seed, self._model)  # InvalidSamplingError: nothing taken
         # The longest shared prefix; among equals the smallest cache, to keep the others.
         slot = max(free, key=lambda s: (_common_prefix(s.cached, prompt), -len(s.cached)))
         # At least the last prompt token is evaluated again: its logits give the first token.
@@ -214,7 +216,7 @@ class BatchEngine:
         slot.pending = prompt[keep:]
         slot.next_token = None
         slot.logits_index = -1
-        slot.chain = SamplerChain(sampling, seed, self._model.n_vocab)
+        slot.chain = chain
         slot.sampling = sampling
         slot.generated = 0
         slot.active = True
@@ -378,7 +380,9 @@ class BatchEngine:
         if slot.sampling.suppress_eog(slot.generated):  # ignore_eos, min_tokens
             logits = np.ctypeslib.as_array(self._ctx.logits(index, self._model.n_vocab))
             logits[self._eog_ids] = -np.inf
+        resampled = slot.chain.resampled
         token = slot.chain.sample(self._ctx, index)
+        self.grammar_resampled += slot.chain.resampled - resampled
         slot.generated += 1
         slot.next_token = token
         slot.logits_index = index

@@ -59,6 +59,12 @@ class KVCacheFullError(RuntimeError):
         self.slots = slots
 
 
+class InvalidSamplingError(ValueError):
+    """A job's sampling that the engine cannot honour (a grammar llama.cpp cannot parse, a
+    token id outside the vocabulary): the job ends with an invalid-request error, the worker
+    goes on."""
+
+
 class EngineCheckError(RuntimeError):
     """The engine cannot compute on this machine: its start-up check failed."""
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 
 from shared.job import SamplingParams
+from worker.engine import InvalidSamplingError
 
 # The penalties look back this many tokens: `Llama`'s default `last_n_tokens_size`.
 PENALTY_LAST_N = 64
@@ -59,6 +61,12 @@ class NativeModel:
                 self.vocab, token, self._piece, len(self._piece), 0, False
             )
         return self._piece.raw[:length]
+
+    @property
+    def end_token(self) -> int:
+        """The end-of-generation token a sequence ends with when nothing else may follow."""
+        eot = int(llama_cpp.llama_vocab_eot(self.vocab))
+        return eot if eot >= 0 else int(llama_cpp.llama_vocab_eos(self.vocab))
 
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
@@ -167,16 +175,56 @@ class TokenBatch:
         llama_cpp.llama_batch_free(self.batch)
 
 
-class SamplerChain:
-    """One sequence's samplers, in `Llama`'s order; greedy when the temperature is 0."""
+# llama_token_data as numpy sees it: the candidates array is filled from the logits in place.
+_CANDIDATE = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
-    def __init__(self, sampling: SamplingParams, seed: int, n_vocab: int) -> None:
+
+class SamplerChain:
+    """One sequence's samplers, in llama.cpp's common order (logit bias, penalties, top-k,
+    top-p, min-p, temperature, distribution); greedy when the temperature is 0.
+
+    A grammar is applied llama.cpp's way (`common_sampler_sample`): the grammar sampler over
+    the whole vocabulary costs ~50x the rest of the chain, so the token is sampled without it
+    and only checked against the grammar; only a rejected token is sampled again with the
+    grammar applied to every candidate first. A grammar lets end-of-generation through only
+    once it is complete.
+    """
+
+    def __init__(self, sampling: SamplingParams, seed: int, model: NativeModel) -> None:
+        n_vocab = model.n_vocab
+        outside = sorted(t for t in sampling.logit_bias if t >= n_vocab)
+        if outside:
+            raise InvalidSamplingError(
+                f"logit_bias names token {outside[0]}, outside the vocabulary of {n_vocab}"
+            )
+        self._grammar: llama_cpp.llama_sampler_p | None = None
+        if sampling.grammar is not None:
+            grammar = llama_cpp.llama_sampler_init_grammar(
+                model.vocab, sampling.grammar.encode(), b"root"
+            )
+            if not grammar:  # llama.cpp's parser logged why; NULL is all it returns
+                raise InvalidSamplingError(
+                    "the grammar is not valid GBNF (or has no rule named `root`)"
+                )
+            self._grammar = grammar
+            self._end = model.end_token
+            self._ids = np.arange(n_vocab, dtype=np.int32)
+            # The candidates (whole vocabulary) and the one-candidate check, reused each token.
+            self._data = (llama_cpp.llama_token_data * n_vocab)()
+            self._view = np.frombuffer(memoryview(self._data), dtype=_CANDIDATE)
+            self._single = (llama_cpp.llama_token_data * 1)()
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self.chain = chain
+        self.resampled = 0  # tokens the grammar rejected, sampled again under it
 
         def add(sampler: "llama_cpp.llama_sampler_p") -> None:
             llama_cpp.llama_sampler_chain_add(chain, sampler)  # the chain owns it from here
 
+        if sampling.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(sampling.logit_bias))(
+                *(llama_cpp.llama_logit_bias(t, b) for t, b in sorted(sampling.logit_bias.items()))
+            )
+            add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases))
         add(
             llama_cpp.llama_sampler_init_penalties(
                 n_vocab,
@@ -200,7 +248,47 @@ class SamplerChain:
 
         The position must have had logits requested: llama.cpp aborts the process otherwise.
         """
-        return int(llama_cpp.llama_sampler_sample(self.chain, context.ctx, index))
+        if self._grammar is None:
+            return int(llama_cpp.llama_sampler_sample(self.chain, context.ctx, index))
+        logits = np.ctypeslib.as_array(context.logits(index, len(self._ids)))
+        token = self._apply(logits, grammar_first=False)
+        if not self._allowed(token):
+            self.resampled += 1
+            token = self._apply(logits, grammar_first=True)
+            if token < 0:  # the grammar allows nothing here (complete, and the end banned)
+                token = self._end
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        return token
+
+    def _apply(
+        self, logits: "np.ndarray[tuple[int], np.dtype[np.float32]]", *, grammar_first: bool
+    ) -> int:
+        """Run the chain (after the grammar, if asked) over every candidate; the token it
+        selects, or -1 when the grammar left no candidate possible."""
+        view = self._view
+        view["id"] = self._ids
+        view["logit"] = logits
+        view["p"] = 0.0
+        candidates = llama_cpp.llama_token_data_array(
+            data=self._data, size=len(view), selected=-1, sorted=False
+        )
+        if grammar_first:
+            llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+            if not np.isfinite(view["logit"]).any():
+                return -1
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(candidates))
+        return int(self._data[candidates.selected].id)
+
+    def _allowed(self, token: int) -> bool:
+        """Whether the grammar accepts `token` next (checked on a one-candidate array)."""
+        self._single[0] = llama_cpp.llama_token_data(token, 1.0, 0.0)
+        one = llama_cpp.llama_token_data_array(data=self._single, size=1, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(one))
+        return bool(np.isfinite(self._single[0].logit))
 
     def close(self) -> None:
         llama_cpp.llama_sampler_free(self.chain)
+        if self._grammar is not None:
+            llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None

@@ -25,7 +25,7 @@ from shared.events import (
 )
 from shared.job import GenerationJob
 from shared.lifecycle.worker_side import StartDecision
-from worker.engine import Engine, KVCacheFullError
+from worker.engine import Engine, InvalidSamplingError, KVCacheFullError
 from worker.stops import StopMatcher, Utf8Decoder
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,10 @@ class JobRunner:
         output = _TextOutput(
             job.id, job.sampling.stop, self.publisher, lambda: self.control.claim_output(job)
         )
-        slot = self.engine.start(prompt, job.sampling, seed)
+        try:
+            slot = self.engine.start(prompt, job.sampling, seed)
+        except InvalidSamplingError as exc:
+            raise JobError(ErrorCode.INVALID_REQUEST, str(exc)) from exc
         first_token_at: float | None = None
         finish = FinishReason.LENGTH
         generated = 0

@@ -24,9 +24,12 @@ from api.ollama.protocol import (
     ErrorResponse,
     GenerateChunk,
     GenerateDone,
+    ResponseFunction,
+    ResponseToolCall,
 )
 from api.relay import StreamEncoder
 from api.state import AppState
+from api.tool_calls import CallSplitter, Reply, read_reply
 from shared.events import DoneEvent, FinishReason, TokenEvent
 from shared.job import GenerationJob
 
@@ -68,11 +71,20 @@ def generate_done(job: GenerationJob, name: str, text: str, done: DoneEvent) -> 
     )
 
 
+def reply_message(reply: Reply) -> AssistantMessage:
+    """The reply as Ollama's message: its text, and its tool calls (arguments as objects)."""
+    calls = [
+        ResponseToolCall(function=ResponseFunction(index=i, name=c.name, arguments=c.arguments))
+        for i, c in enumerate(reply.calls)
+    ]
+    return AssistantMessage(content=reply.text, tool_calls=calls or None)
+
+
 def chat_done(job: GenerationJob, name: str, text: str, done: DoneEvent) -> ChatDone:
     return ChatDone(
         model=name,
         created_at=timestamp(time.time()),
-        message=AssistantMessage(content=text),
+        message=reply_message(read_reply(job, text)),
         **dict(stats(job, done)),
     )
 
@@ -136,13 +148,23 @@ class GenerateEncoder(_OllamaEncoder):
 
 
 class ChatEncoder(_OllamaEncoder):
+    """Text as it comes; tool calls, read once the output has ended, in one chunk before the
+    final line (as Ollama sends them)."""
+
+    def __init__(self, job: GenerationJob, name: str) -> None:
+        super().__init__(job, name)
+        self.splitter = CallSplitter(job)
+
+    def _chunk(self, message: AssistantMessage) -> bytes:
+        return line(ChatChunk(model=self.name, created_at=timestamp(time.time()), message=message))
+
     def token(self, event: TokenEvent) -> list[bytes]:
-        chunk = ChatChunk(
-            model=self.name,
-            created_at=timestamp(time.time()),
-            message=AssistantMessage(content=event.text),
-        )
-        return [line(chunk)]
+        if not self.job.offers_tools:  # every token's line, as Ollama sends them
+            return [self._chunk(AssistantMessage(content=event.text))]
+        text = self.splitter.feed(event.text)
+        return [self._chunk(AssistantMessage(content=text))] if text else []
 
     def done(self, event: DoneEvent) -> list[bytes]:
-        return [line(chat_done(self.job, self.name, "", event))]
+        reply = self.splitter.finish()
+        frames = [self._chunk(reply_message(reply))] if reply.text or reply.calls else []
+        return [*frames, line(chat_done(self.job, self.name, "", event))]

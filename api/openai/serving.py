@@ -14,15 +14,20 @@ from api.openai.protocol import (
     ErrorBody,
     ErrorResponse,
     FinishReason,
+    FunctionDelta,
+    ResponseFunction,
     ResponseMessage,
+    ResponseToolCall,
+    ToolCallDelta,
     UsageInfo,
     now,
 )
 from api.relay import StreamEncoder
 from api.sse import format_sse
+from api.tool_calls import CallSplitter, Reply, arguments_json, read_reply
 from shared.events import DoneEvent, TokenEvent, Usage
 from shared.events import FinishReason as NeutralFinish
-from shared.job import GenerationJob
+from shared.job import GenerationJob, ToolCall
 
 _ERROR_TYPES = {
     ErrorKind.INVALID_REQUEST: "invalid_request_error",
@@ -50,8 +55,25 @@ def render_error(error: ApiError) -> JSONResponse:
     )
 
 
-def finish_reason(done: DoneEvent) -> FinishReason:
-    return "length" if done.finish_reason is NeutralFinish.LENGTH else "stop"
+def finish_reason(done: DoneEvent, reply: Reply | None = None) -> FinishReason:
+    if done.finish_reason is NeutralFinish.LENGTH:
+        return "length"
+    return "tool_calls" if reply is not None and reply.calls else "stop"
+
+
+def call_id(call: ToolCall) -> str:
+    return f"call_{call.id}"
+
+
+def tool_calls(reply: Reply) -> list[ResponseToolCall] | None:
+    if not reply.calls:
+        return None
+    return [
+        ResponseToolCall(
+            id=call_id(c), function=ResponseFunction(name=c.name, arguments=arguments_json(c))
+        )
+        for c in reply.calls
+    ]
 
 
 def usage_info(usage: Usage) -> UsageInfo:
@@ -71,13 +93,16 @@ def completion_id(job: GenerationJob) -> str:
 
 
 def chat_completion(job: GenerationJob, text: str, done: DoneEvent) -> ChatCompletion:
+    reply = read_reply(job, text)
+    message = ResponseMessage(
+        content=reply.text if reply.text or not reply.calls else None,
+        tool_calls=tool_calls(reply),
+    )
     return ChatCompletion(
         id=chat_id(job),
         created=now(),
         model=job.model,
-        choices=[
-            ChatChoice(message=ResponseMessage(content=text), finish_reason=finish_reason(done))
-        ],
+        choices=[ChatChoice(message=message, finish_reason=finish_reason(done, reply))],
         usage=usage_info(done.usage),
     )
 
@@ -107,6 +132,13 @@ class _OpenAIEncoder(StreamEncoder):
 
 
 class ChatStreamEncoder(_OpenAIEncoder):
+    """Text deltas as they come; tool calls once the output has ended (api/tool_calls.py),
+    each as a chunk with its id, type and name, then one with its arguments."""
+
+    def __init__(self, job: GenerationJob, include_usage: bool) -> None:
+        super().__init__(job, include_usage)
+        self.splitter = CallSplitter(job)
+
     def _chunk(
         self, delta: Delta, finish: FinishReason | None = None, usage: UsageInfo | None = None
     ) -> bytes:
@@ -123,10 +155,25 @@ class ChatStreamEncoder(_OpenAIEncoder):
         return [self._chunk(Delta(role="assistant", content=""))]
 
     def token(self, event: TokenEvent) -> list[bytes]:
-        return [self._chunk(Delta(content=event.text))]
+        text = self.splitter.feed(event.text)
+        return [self._chunk(Delta(content=text))] if text else []
 
     def done(self, event: DoneEvent) -> list[bytes]:
-        frames = [self._chunk(Delta(), finish=finish_reason(event))]
+        reply = self.splitter.finish()
+        frames = [self._chunk(Delta(content=reply.text))] if reply.text else []
+        for index, call in enumerate(reply.calls):
+            named = ToolCallDelta(
+                index=index,
+                id=call_id(call),
+                type="function",
+                function=FunctionDelta(name=call.name, arguments=""),
+            )
+            arguments = ToolCallDelta(
+                index=index, function=FunctionDelta(arguments=arguments_json(call))
+            )
+            frames.append(self._chunk(Delta(tool_calls=[named])))
+            frames.append(self._chunk(Delta(tool_calls=[arguments])))
+        frames.append(self._chunk(Delta(), finish=finish_reason(event, reply)))
         if self.include_usage:
             frames.append(self._chunk(Delta(), usage=usage_info(event.usage)))
         return [*frames, DONE_FRAME]

@@ -185,9 +185,7 @@ def own_ticks() -> int:
 # --- in process -------------------------------------------------------------------------------
 
 
-def in_process(
-    tokens: int, requests: int, n_ctx: int, threads: int, flash_attn: bool
-) -> Level:
+def in_process(tokens: int, requests: int, n_ctx: int, threads: int, flash_attn: bool) -> Level:
     import llama_cpp
 
     from shared.job import ChatMessage
@@ -527,9 +525,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     print(HEADER, flush=True)
     levels = [
-        in_process(
-            args.tokens, args.requests, args.n_ctx, args.threads, args.flash_attn == "on"
-        )
+        in_process(args.tokens, args.requests, args.n_ctx, args.threads, args.flash_attn == "on")
     ]
     gc.collect()  # the model's memory back before the servers load theirs
     print(row(levels[0]), flush=True)

@@ -89,9 +89,7 @@ def metric(worker: WorkerProcess, name: str, **labels: str) -> float:
     return samples.get(key, 0.0)
 
 
-def test_eight_streams_decode_together(
-    api: ApiProcess, spawn: Callable[..., Process]
-) -> None:
+def test_eight_streams_decode_together(api: ApiProcess, spawn: Callable[..., Process]) -> None:
     worker = spawn("worker", "batch-eight", "--slots", "8")
     assert isinstance(worker, WorkerProcess)
     client = client_of(api)
@@ -205,7 +203,10 @@ def test_the_second_turn_of_a_conversation_reuses_the_first(
         {"role": "user", "content": "What is the capital of France?"},
     ]
     first = client.chat.completions.create(
-        model="batch-reuse", messages=turn, max_tokens=24, temperature=0  # type: ignore[arg-type]
+        model="batch-reuse",
+        messages=turn,
+        max_tokens=24,
+        temperature=0,  # type: ignore[arg-type]
     )
     assert first.usage is not None
     turn += [
@@ -214,12 +215,18 @@ def test_the_second_turn_of_a_conversation_reuses_the_first(
     ]
     before = metric(reusing, "tokenq_worker_prefix_reused_tokens_total")
     second = client.chat.completions.create(
-        model="batch-reuse", messages=turn, max_tokens=24, temperature=0  # type: ignore[arg-type]
+        model="batch-reuse",
+        messages=turn,
+        max_tokens=24,
+        temperature=0,  # type: ignore[arg-type]
     )
     reused = metric(reusing, "tokenq_worker_prefix_reused_tokens_total") - before
     assert reused >= first.usage.prompt_tokens - 1  # the whole first turn's prompt at least
     alone = client.chat.completions.create(
-        model="batch-fresh", messages=turn, max_tokens=24, temperature=0  # type: ignore[arg-type]
+        model="batch-fresh",
+        messages=turn,
+        max_tokens=24,
+        temperature=0,  # type: ignore[arg-type]
     )
     assert second.choices[0].message.content == alone.choices[0].message.content
     assert second.usage is not None and alone.usage is not None

@@ -56,9 +56,7 @@ def test_a_steps_events_go_in_one_round_trip_in_order() -> None:
 
 
 def admitted(redis: fakeredis.FakeRedis) -> GenerationJob:
-    job = GenerationJob(
-        model=MODEL, prompt="hi", flavour=Flavour.OPENAI, deadline=time.time() + 60
-    )
+    job = GenerationJob(model=MODEL, prompt="hi", flavour=Flavour.OPENAI, deadline=time.time() + 60)
     assert admit(redis, job, Settings()) is None
     return job
 

@@ -163,9 +163,7 @@ def test_step_rates_over_the_window() -> None:
     decode, prefill = 0.0, 0.0
     for _ in range(10):
         decode, prefill = window.add(
-            StepStats(
-                sequences=2, prompt_tokens=0, decoded_tokens=2, seconds=0.01, kv_cells_used=9
-            )
+            StepStats(sequences=2, prompt_tokens=0, decoded_tokens=2, seconds=0.01, kv_cells_used=9)
         )
     assert decode > 0 and prefill == 0.0
     _, prefill = window.add(
