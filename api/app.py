@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 from api import health, job_routes, metrics
 from api.anthropic import serving as anthropic_serving
 from api.anthropic.router import router as anthropic_router
+from api.cors import add_cors
 from api.ollama import serving as ollama_serving
 from api.ollama.router import router as ollama_router
 from api.openai import serving as openai_serving
@@ -50,6 +51,7 @@ def create_app(settings: ApiSettings | None = None, state: AppState | None = Non
         ]
     )
     app.add_exception_handler(HTTPException, unrouted)
+    add_cors(app, settings.cors_origins)  # outermost: 401s and 429s carry CORS headers too
     if state is not None:  # usable without running the lifespan too
         app.state.tokenq = state
     return app

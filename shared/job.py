@@ -64,6 +64,14 @@ class Flavour(StrEnum):
     OLLAMA = "ollama"
 
 
+class Priority(StrEnum):
+    """A job's class: workers take a model's interactive jobs before its batch jobs, until a
+    batch job has waited `batch_max_wait_s` (worker/rq_worker.py)."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
 class ChatMessage(BaseModel):
     """One turn of a conversation, already reduced to plain text.
 
@@ -164,6 +172,11 @@ class GenerationJob(BaseModel):
     n: int = Field(
         default=1, ge=1, le=MAX_N, description="Sequences generated from the one prompt."
     )
+    tenant: str | None = Field(
+        default=None, description="The API key's name (None: no authentication); its quota "
+        "is charged the tokens the job generates."
+    )
+    priority: Priority = Priority.INTERACTIVE
 
     @model_validator(mode="after")
     def _one_prompt(self) -> Self:

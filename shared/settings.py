@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(
         default=2, ge=1, description="Runs of a job whose worker died before its first token."
     )
+    tenant_queue_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="The most of a model's waiting places one API key may hold (at least "
+        "one), so a key flooding the queue leaves room for the others.",
+    )
 
     def limits(self, model: str) -> ModelLimits:
         return self.model_limits.get(model) or ModelLimits(
@@ -83,9 +90,9 @@ class Settings(BaseSettings):
         """How long a job's record outlives its longest possible life."""
         return int(self.queue_deadline_s * self.job_max_attempts + self.job_timeout_s) + 3600
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "cors_origins", mode="before", check_fields=False)
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
@@ -127,6 +134,16 @@ class ApiSettings(Settings):
     )
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long open streams may take to finish."
+    )
+    auth: Literal["off", "required"] = Field(
+        default="off",
+        description="`required`: every API route but the probes, `/`, and `/metrics` takes "
+        "an API key (`tokenq keys create`).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins browsers may call the API from (comma-separated in env; `*`: "
+        "any, without credentials); none by default.",
     )
     tokenizer_cache_dir: Path | None = Field(
         default=None,
@@ -176,6 +193,11 @@ class WorkerSettings(Settings):
     metrics_host: str = Field(default="127.0.0.1", description="Address for the metrics port.")
     cancel_check_s: float = Field(
         default=0.02, gt=0, description="How often a running job checks whether it was cancelled."
+    )
+    batch_max_wait_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A batch job waiting longer than this is taken before interactive ones.",
     )
 
     def gguf_path(self) -> Path:
