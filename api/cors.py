@@ -9,7 +9,9 @@ routing, so the flavour routes' 405 for other methods is untouched.
 """
 
 from fastapi import FastAPI
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import PlainTextResponse, Response
 
 # What a browser client may read from a response besides the CORS-safelisted headers.
 EXPOSED = [
@@ -26,9 +28,22 @@ EXPOSED = [
 ]
 
 
+class ListedOriginsCORS(CORSMiddleware):
+    """Starlette's CORS, except that a preflight from an origin not listed gets no
+    `Access-Control-Allow-*` header at all (Starlette's still names the methods, headers and
+    credentials it would allow)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        if not self.is_allowed_origin(origin=request_headers["origin"]):
+            return PlainTextResponse(
+                "Disallowed CORS origin", status_code=400, headers={"Vary": "Origin"}
+            )
+        return super().preflight_response(request_headers)
+
+
 def add_cors(app: FastAPI, origins: list[str]) -> None:
     app.add_middleware(
-        CORSMiddleware,
+        ListedOriginsCORS,
         allow_origins=origins,
         allow_credentials="*" not in origins,
         allow_methods=["GET", "POST", "DELETE", "HEAD", "OPTIONS"],
