@@ -173,8 +173,9 @@ class GenerationJob(BaseModel):
         default=1, ge=1, le=MAX_N, description="Sequences generated from the one prompt."
     )
     tenant: str | None = Field(
-        default=None, description="The API key's name (None: no authentication); its quota "
-        "is charged the tokens the job generates."
+        default=None,
+        description="The API key's name (None: no authentication); its quota "
+        "is charged the tokens the job generates.",
     )
     priority: Priority = Priority.INTERACTIVE
 

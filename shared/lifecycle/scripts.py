@@ -226,7 +226,6 @@ class WorkerScripts:
             )
         )
 
-
     def oldest_batch_deadline(self, model: str) -> float | None:
         """The queue deadline of the job at the head of the model's batch queue, if any."""
         raw = self._oldest_batch(
