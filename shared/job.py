@@ -121,6 +121,14 @@ ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
 `required`: it calls one or more tools; named: it calls that tool."""
 
 
+class Priority(StrEnum):
+    """A job's class: workers take a model's interactive jobs before its batch jobs, until a
+    batch job has waited `batch_max_wait_s` (worker/rq_worker.py)."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
 class ChatMessage(BaseModel):
     """One turn of a conversation, text plus the tool calls and results of tool use.
 
@@ -246,6 +254,12 @@ class GenerationJob(BaseModel):
     parallel_tool_calls: bool = Field(
         default=True, description="Whether one answer may call several tools."
     )
+    tenant: str | None = Field(
+        default=None,
+        description="The API key's name (None: no authentication); its quota "
+        "is charged the tokens the job generates.",
+    )
+    priority: Priority = Priority.INTERACTIVE
 
     @model_validator(mode="after")
     def _one_prompt(self) -> Self:

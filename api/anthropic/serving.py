@@ -35,6 +35,8 @@ from shared.job import GenerationJob, ToolCall
 # a model without a live worker is "overloaded" (529), which the client retries.
 _ERRORS: dict[ErrorKind, tuple[str, int | None]] = {
     ErrorKind.INVALID_REQUEST: ("invalid_request_error", None),
+    ErrorKind.AUTHENTICATION: ("authentication_error", None),
+    ErrorKind.PERMISSION: ("permission_error", None),
     ErrorKind.NOT_FOUND: ("not_found_error", None),
     ErrorKind.RATE_LIMITED: ("rate_limit_error", None),
     ErrorKind.UNAVAILABLE: ("overloaded_error", 529),

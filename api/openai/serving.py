@@ -31,6 +31,8 @@ from shared.job import GenerationJob, ToolCall
 
 _ERROR_TYPES = {
     ErrorKind.INVALID_REQUEST: "invalid_request_error",
+    ErrorKind.AUTHENTICATION: "invalid_request_error",  # as OpenAI's 401 (code invalid_api_key)
+    ErrorKind.PERMISSION: "permission_error",
     ErrorKind.NOT_FOUND: "invalid_request_error",
     ErrorKind.RATE_LIMITED: "rate_limit_error",
     ErrorKind.UNAVAILABLE: "service_unavailable_error",
