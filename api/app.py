@@ -9,13 +9,13 @@ from starlette.exceptions import HTTPException
 from api import health, job_routes, metrics, playground
 from api.anthropic import serving as anthropic_serving
 from api.anthropic.router import router as anthropic_router
+from api.cors import add_cors
 from api.ollama import serving as ollama_serving
 from api.ollama.router import router as ollama_router
 from api.openai import serving as openai_serving
 from api.openai.router import router as openai_router
 from api.pipeline import unrouted_error_handler
 from api.request_id import RequestIdMiddleware
-from api.responses import serving as responses_serving
 from api.responses.router import router as responses_router
 from api.state import AppState
 from shared.job import Flavour
@@ -49,13 +49,14 @@ def create_app(settings: ApiSettings | None = None, state: AppState | None = Non
     unrouted = unrouted_error_handler(
         [
             ("/v1/messages", Flavour.ANTHROPIC, anthropic_serving.render_error),
-            ("/v1/responses", Flavour.RESPONSES, responses_serving.render_error),
-            ("/v1/conversations", Flavour.RESPONSES, responses_serving.render_error),
+            ("/v1/responses", Flavour.RESPONSES, openai_serving.render_error),
+            ("/v1/conversations", Flavour.RESPONSES, openai_serving.render_error),
             ("/v1/", Flavour.OPENAI, openai_serving.render_error),
             ("/api/", Flavour.OLLAMA, ollama_serving.render_error),
         ]
     )
     app.add_exception_handler(HTTPException, unrouted)
+    add_cors(app, settings.cors_origins)  # outermost: 401s and 429s carry CORS headers too
     if state is not None:  # usable without running the lifespan too
         app.state.tokenq = state
     return app

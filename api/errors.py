@@ -24,6 +24,8 @@ class ErrorKind(StrEnum):
     """The flavour-neutral class of an error; each flavour names these its own way."""
 
     INVALID_REQUEST = "invalid_request"
+    AUTHENTICATION = "authentication"
+    PERMISSION = "permission"
     NOT_FOUND = "not_found"
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
@@ -70,6 +72,23 @@ class JobNotCancellableError(InvalidRequestError):
     status, code = 409, "job_not_cancellable"
 
 
+class AuthenticationError(ApiError):
+    """No API key, or none that Redis knows (the message never repeats what was sent)."""
+
+    status, kind, code = 401, ErrorKind.AUTHENTICATION, "invalid_api_key"
+    rejection = RejectReason.UNAUTHENTICATED
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class PermissionDeniedError(ApiError):
+    """The key may not use the model it asked for."""
+
+    status, kind, code = 403, ErrorKind.PERMISSION, "model_not_allowed"
+    rejection = RejectReason.FORBIDDEN
+
+
 class JobCancelledError(ApiError):
     status, kind, code = 409, ErrorKind.INVALID_REQUEST, "job_cancelled"
 
@@ -110,6 +129,27 @@ class QueueFullError(ApiError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class KeyQueueFullError(QueueFullError):
+    """The key already holds its share of the model's waiting places."""
+
+    rejection = RejectReason.KEY_QUEUE_FULL
+
+
+class RateLimitedError(ApiError):
+    """The key's requests or tokens per minute are used up; `headers` carries the
+    `x-ratelimit-*` set with `Retry-After`."""
+
+    status, kind, code = 429, ErrorKind.RATE_LIMITED, "rate_limit_exceeded"
+    rejection = RejectReason.RATE_LIMITED
+
+    def __init__(self, message: str, *, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self._headers = headers
+
+    def headers(self) -> dict[str, str]:
+        return self._headers
 
 
 class BackendUnavailableError(ApiError):

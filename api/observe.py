@@ -14,6 +14,7 @@ from fastapi import Response
 from prometheus_client import Histogram
 from starlette.types import Receive, Scope, Send
 
+from api.auth import Caller
 from shared import logs
 from shared.events import Event, TerminalEvent
 from shared.job import Flavour, GenerationJob
@@ -35,6 +36,7 @@ class RequestObservation:
         self._first_token_s: float | None = None
         self._closed = False
         self._inter_token: Histogram | None = None  # the model's, from its first token on
+        self.caller: Caller | None = None  # set once authenticated (api/auth.py)
         metrics.in_flight.labels(flavour).inc()
 
     def submitted(self, job: GenerationJob) -> None:
@@ -61,6 +63,10 @@ class RequestObservation:
             self._metrics.queue_time.labels(model).observe(event.timings.queued)
             self._metrics.prompt_tokens.labels(model).inc(event.usage.prompt_tokens)
             self._metrics.generation_tokens.labels(model).inc(event.usage.completion_tokens)
+            if self._key is not None:
+                tokens = self._metrics.key_tokens
+                tokens.labels(self._key, "prompt").inc(event.usage.prompt_tokens)
+                tokens.labels(self._key, "generation").inc(event.usage.completion_tokens)
 
     def close(
         self, status: int, rejection: RejectReason | None = None, *, model_known: bool = True
@@ -79,6 +85,8 @@ class RequestObservation:
         counted = self._counted or self.job is not None
         if counted:
             metrics.requests.labels(model, flavour, str(status)).inc()
+        if self._key is not None:
+            metrics.key_requests.labels(self._key, str(status)).inc()
         if rejection is not None:
             metrics.rejections.labels(model, rejection).inc()
         if status == CLIENT_CLOSED:
@@ -88,6 +96,10 @@ class RequestObservation:
             metrics.e2e_latency.labels(model).observe(elapsed)
         if counted:
             self._log(status, rejection, elapsed)
+
+    @property
+    def _key(self) -> str | None:
+        return self.caller.name if self.caller is not None else None
 
     @property
     def _model(self) -> str:
@@ -101,6 +113,8 @@ class RequestObservation:
         }
         if rejection is not None:
             fields["rejection"] = str(rejection)
+        if self._key is not None:
+            fields["key"] = self._key  # the key's name; its secret is never logged
         if self._first_token_s is not None:
             fields["ttft_s"] = round(self._first_token_s, 4)
         if self.terminal is not None and self.terminal.type == "done":

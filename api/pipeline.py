@@ -19,6 +19,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 
 from api import observe
+from api.auth import authenticate, is_public
 from api.errors import (
     ApiError,
     ModelNotFoundError,
@@ -28,6 +29,7 @@ from api.errors import (
     from_http,
 )
 from api.observe import RequestObservation
+from api.ratelimit import rate_limit_headers
 from shared.events import TerminalEvent
 from shared.job import Flavour
 from shared.metrics import CLIENT_CLOSED
@@ -51,6 +53,7 @@ def flavour_route_class(
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
             counted = self.body_field is not None
+            open_route = is_public(self.endpoint)
 
             async def route(request: Request) -> Response:
                 if json_whatever_content_type and request.method == "POST":
@@ -59,6 +62,8 @@ def flavour_route_class(
                 observation = RequestObservation(metrics, flavour, counted=counted)
                 request.state.observation = observation
                 try:
+                    if not open_route:  # 401 before a byte of the body is read
+                        observation.caller = await authenticate(request)
                     request = CappedRequest(request.scope, request.receive)
                     await request.body()  # all of it, within the cap, before watching
                     response = await until_disconnected(request, handler)
@@ -69,10 +74,11 @@ def flavour_route_class(
                         error.rejection,
                         model_known=not isinstance(error, ModelNotFoundError),
                     )
-                    return render(error)
+                    return _with_rate_limits(render(error), observation)
                 except BaseException:  # cancelled: the client went away
                     observation.close(CLIENT_CLOSED)
                     raise
+                _with_rate_limits(response, observation)
                 if isinstance(response, StreamingResponse):  # over once its body is sent
                     return observe.UntilSent(
                         response, lambda: observation.close(_status(observation.terminal))
@@ -83,6 +89,15 @@ def flavour_route_class(
             return route
 
     return FlavourRoute
+
+
+def _with_rate_limits(response: Response, observation: RequestObservation) -> Response:
+    """The key's `x-ratelimit-*` headers, when the request was charged to its quotas."""
+    caller = observation.caller
+    if caller is not None and caller.rate is not None:
+        for name, value in rate_limit_headers(caller.rate).items():
+            response.headers.setdefault(name, value)
+    return response
 
 
 def _status(terminal: TerminalEvent | None) -> int:

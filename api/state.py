@@ -15,6 +15,7 @@ from api.watchdog import Watchdog
 from shared.lifecycle.api_side import ApiJobs
 from shared.metrics import ApiMetrics
 from shared.settings import ApiSettings
+from shared.tenancy.quota import Quotas
 
 
 @dataclass
@@ -27,6 +28,7 @@ class AppState:
     jobs: ApiJobs  # job records: read, expire, cancel, position
     hub: EventHub  # every open stream's events, over a few subscriber connections
     watchdog: Watchdog  # reads the records of the jobs open streams wait for
+    quotas: Quotas  # API keys' requests and tokens per minute
 
     @classmethod
     def connect(cls, settings: ApiSettings) -> "AppState":
@@ -68,6 +70,7 @@ class AppState:
             jobs,
             EventHub(redis, settings.pubsub_connections, settings.redis_timeout_s),
             Watchdog(redis, jobs, settings.watch_interval_s),
+            Quotas(redis),
         )
 
     def job_deadline(self) -> float:

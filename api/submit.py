@@ -8,17 +8,27 @@ before anyone listens.
 
 import anyio
 
-from api.errors import ContextLengthExceededError, InvalidRequestError, QueueFullError
+from api.auth import Caller
+from api.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    KeyQueueFullError,
+    PermissionDeniedError,
+    QueueFullError,
+    RateLimitedError,
+)
 from api.inbox import Inbox
 from api.models import require_live_worker
 from api.observe import RequestObservation
+from api.ratelimit import rate_limit_headers
 from api.state import AppState
 from api.stream import JobStream
 from shared.context import ContextOverflowError, effective_context, output_room
 from shared.job import GenerationJob
-from shared.lifecycle.admission import admit
+from shared.lifecycle.admission import Refusal, admit
 from shared.lifecycle.queue import QueueDepth, queue_depth
 from shared.registry import WorkerInfo
+from shared.tenancy.quota import Limit
 
 
 async def submit(
@@ -27,27 +37,83 @@ async def submit(
     """Check the model has room and is served, the prompt fits; subscribe; admit the job.
 
     The cheap queue check comes first: under overload most requests end there. The request's
-    `observation` (metrics, log line) learns the job and then its events.
+    `observation` (metrics, log line) learns the job and then its events; its `caller` (the
+    API key, api/auth.py) decides the job's tenant and priority, the models it may use (403),
+    and its quotas (429), charged only once the prompt is known to fit.
     """
+    caller = observation.caller if observation is not None else None
+    if caller is not None:
+        job = job.model_copy(update={"tenant": caller.name, "priority": caller.priority})
+        if caller.key is not None and not caller.key.allows(job.model):
+            raise PermissionDeniedError(
+                f"this API key may not use the model '{job.model}'", param="model"
+            )
     if observation is not None:
         observation.submitted(job)
     await _refuse_if_full(state, job.model)
     workers = await require_live_worker(state, job.model)
     await _check_sampling(state, job, workers)
     prompt_tokens = await _check_context(state, job, workers)
+    key = caller.key if caller is not None else None
+    charged = key is not None and await _charge(state, caller, job, prompt_tokens)
     inbox = Inbox()
-    await state.hub.subscribe(job.id, inbox)  # returns once Redis confirmed it
     try:
-        refused = await anyio.to_thread.run_sync(admit, state.sync_redis, job, state.settings)
-        if refused is not None:  # another replica filled the queue since the early check
-            depth = await queue_depth(state.redis, job.model, state.settings.drain_window_s)
-            raise queue_full(job.model, depth, state.settings.retry_after_max_s)
+        await state.hub.subscribe(job.id, inbox)  # returns once Redis confirmed it
+        try:
+            refused = await anyio.to_thread.run_sync(
+                admit, state.sync_redis, job, state.settings, key.max_queued if key else None
+            )
+            if refused is not None:  # another replica filled the queue since the early check
+                raise await _refusal(state, job, refused)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await state.hub.unsubscribe(job.id)
+            raise
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            await state.hub.unsubscribe(job.id)
+        if charged and job.tenant is not None:  # not admitted: the quotas take it back
+            with anyio.CancelScope(shield=True):
+                await state.quotas.refund(job.tenant, job.id, prompt_tokens)
         raise
     state.watchdog.watch(job.id, inbox)
     return JobStream(state, inbox, job, prompt_tokens, observation)
+
+
+async def _charge(
+    state: AppState, caller: Caller | None, job: GenerationJob, prompt_tokens: int
+) -> bool:
+    """Count the request and its prompt against its key's quotas (429 when either is used
+    up); whether anything was charged (a key without rpm and tpm is not counted)."""
+    key = caller.key if caller is not None else None
+    if caller is None or key is None or (key.rpm is None and key.tpm is None):
+        return False
+    rate = await state.quotas.charge(key.name, job.id, prompt_tokens, key.rpm, key.tpm)
+    caller.rate = rate
+    if rate.exceeded is Limit.REQUESTS:
+        raise RateLimitedError(
+            f"this API key's requests per minute ({key.rpm}) are used up; retry later",
+            headers=rate_limit_headers(rate),
+        )
+    if rate.exceeded is Limit.TOKENS:
+        if rate.retry_after_s is None:
+            message = (
+                f"the prompt ({prompt_tokens} tokens) is over this API key's tokens per minute "
+                f"({key.tpm}): it can never pass"
+            )
+        else:
+            message = f"this API key's tokens per minute ({key.tpm}) are used up; retry later"
+        raise RateLimitedError(message, headers=rate_limit_headers(rate))
+    return True
+
+
+async def _refusal(state: AppState, job: GenerationJob, refused: Refusal) -> QueueFullError:
+    depth = await queue_depth(state.redis, job.model, state.settings.drain_window_s)
+    if refused.key_cap is None:
+        return queue_full(job.model, depth, state.settings.retry_after_max_s)
+    return KeyQueueFullError(
+        f"this API key already has {refused.key_waiting} jobs waiting for model '{job.model}' "
+        f"(its limit: {refused.key_cap}); retry later",
+        retry_after_s=depth.retry_after_s(state.settings.retry_after_max_s),
+    )
 
 
 async def _refuse_if_full(state: AppState, model: str) -> None:

@@ -131,7 +131,7 @@ def _write_whole(path: Path, data: bytes) -> None:
 
 
 def _count(tokenizer: PromptTokenizer, job: GenerationJob, n_ctx: int | None) -> int:
-    rendered = tokenizer.render(job.messages, job.prompt, job.continue_final_message)
+    rendered = tokenizer.render_job(job)
     if n_ctx is not None:
         least = tokenizer.min_tokens(rendered)
         # A prompt of n_ctx tokens is refused too: not one token could be generated.

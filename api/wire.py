@@ -7,13 +7,13 @@ the parameter as the flavour's client wrote it: `stop_sequences.3`, `options.rep
 """
 
 from abc import abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
 from api.errors import InvalidRequestError
-from shared.job import GenerationJob, SamplingParams
+from shared.job import GenerationJob, SamplingParams, Tool
 
 # A neutral error's location: field names and list indices, as pydantic gives them.
 Loc = tuple[int | str, ...]
@@ -54,6 +54,20 @@ class JobRequest(WireModel):
         except ValidationError as exc:
             raise self._invalid(exc) from None
 
+    def tool(self, index: int, name: str, description: str | None, parameters: Any) -> Tool:
+        """The neutral tool of this request's tool `index`; 400 naming its parameter."""
+        fields: dict[str, Any] = {"name": name, "description": description or ""}
+        if parameters is not None:
+            fields["parameters"] = parameters
+        try:
+            return Tool(**fields)
+        except ValidationError as exc:
+            raise self._invalid(exc, ("tools", index)) from None
+
+    def tool_param(self, index: int, field: str) -> str:
+        """This flavour's parameter for a neutral `Tool` field of its tool `index`."""
+        return f"tools.{index}.{field}"
+
     def sampling_param(self, field: str) -> str:
         """This flavour's parameter for a neutral `SamplingParams` field."""
         return self.sampling_names.get(field, field)
@@ -81,14 +95,16 @@ class JobRequest(WireModel):
                 return ".".join([self.sampling_param(field), *map(str, rest)])
             case ("messages", int(index), *_):
                 return self.message_param(index)
+            case ("tools", int(index), str(field), *_):
+                return self.tool_param(index, field)
             case ():
                 return None
         return ".".join(map(str, loc))
 
-    def _invalid(self, exc: ValidationError) -> InvalidRequestError:
+    def _invalid(self, exc: ValidationError, place: Loc = ()) -> InvalidRequestError:
         problems: list[tuple[str | None, str]] = []
         for error in exc.errors(include_url=False)[:_MAX_PROBLEMS]:
-            param = self.param((*_PLACE.get(exc.title, ()), *error["loc"]))
+            param = self.param((*(place or _PLACE.get(exc.title, ())), *error["loc"]))
             problems.append((param, _message(error)))
         message = "; ".join(f"{p}: {m}" if p else m for p, m in problems)
         return InvalidRequestError(message, param=problems[0][0])

@@ -28,11 +28,13 @@ from shared.model_registry.store import ModelRegistry
 from shared.registry import live_workers_now
 from shared.settings import DEFAULT_MODEL, ApiSettings
 from shared.supervise import Child, Death, Supervisor, worker_restartable
+from shared.tenancy.cli import keys_app
 
 COMMANDS_GROUP = "tokenq.commands"
 
 app = typer.Typer(help="tokenq: an LLM API that scales out on Redis.", no_args_is_help=True)
 app.add_typer(model_cli.app, name="model")
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 

@@ -9,9 +9,10 @@ from rq import Queue
 PREFIX = "tokenq"
 
 
-def queue_name(model: str) -> str:
-    """The RQ queue holding the generation jobs of one model (RQ adds its own `rq:queue:`)."""
-    return f"{PREFIX}:{model}"
+def queue_name(model: str, batch: bool = False) -> str:
+    """The RQ queue holding one model's interactive (or, with `batch`, batch) generation jobs
+    (RQ adds its own `rq:queue:`). Workers take interactive jobs first (worker/rq_worker.py)."""
+    return f"{PREFIX}:{model}@batch" if batch else f"{PREFIX}:{model}"
 
 
 def events_channel(job_id: str) -> str:
@@ -56,9 +57,10 @@ def model_vocab(digest: str) -> str:
     return f"{PREFIX}:vocab:{digest}"
 
 
-def rq_queue_key(model: str) -> str:
-    """The Redis list RQ keeps a model's waiting jobs in (KEDA scales workers on its length)."""
-    return Queue.redis_queue_namespace_prefix + queue_name(model)
+def rq_queue_key(model: str, batch: bool = False) -> str:
+    """The Redis list RQ keeps a model's waiting interactive (or batch) jobs in (KEDA scales
+    workers on their lengths)."""
+    return Queue.redis_queue_namespace_prefix + queue_name(model, batch)
 
 
 def job_record(job_id: str) -> str:
@@ -102,3 +104,35 @@ def conversation(conversation_id: str) -> str:
     """A Responses API conversation (`conv_...`): its metadata and items, one JSON value
     (api/responses/store.py); expires `responses_ttl_s` after its last change."""
     return f"{PREFIX}:conversation:{conversation_id}"
+
+
+def api_key(name: str) -> str:
+    """An API key's record (JSON: limits, models, its secret's sha256; never the secret)."""
+    return f"{PREFIX}:apikey:{name}"
+
+
+def api_key_by_digest(digest: str) -> str:
+    """The same record under its secret's sha256: what a request's key is looked up by."""
+    return f"{PREFIX}:apikey-digest:{digest}"
+
+
+def api_key_names() -> str:
+    """Set of every API key's name."""
+    return f"{PREFIX}:apikeys"
+
+
+def quota_requests(name: str) -> str:
+    """Sorted set of an API key's requests in its rate window (job ids scored by time)."""
+    return f"{PREFIX}:quota:{name}:requests"
+
+
+def quota_tokens(name: str) -> str:
+    """Sorted set of an API key's token charges in its rate window (`<job>:<p|g>:<n>`, scored
+    by time)."""
+    return f"{PREFIX}:quota:{name}:tokens"
+
+
+def tenant_waiting(name: str, model: str) -> str:
+    """Sorted set of an API key's jobs admitted to a model's queue (RQ ids scored by deadline);
+    those no longer in `waiting_jobs(model)` have started or left and no longer count."""
+    return f"{PREFIX}:tenant-waiting:{name}:{model}"

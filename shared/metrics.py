@@ -62,6 +62,10 @@ class RejectReason(StrEnum):
     NO_WORKER = "no_worker"
     BAD_REQUEST = "bad_request"
     MODEL_NOT_FOUND = "model_not_found"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    KEY_QUEUE_FULL = "key_queue_full"
 
 
 class ApiMetrics:
@@ -130,6 +134,20 @@ class ApiMetrics:
             "tokenq_generation_tokens", "Tokens generated for completed requests.", model,
             registry=r,
         )  # fmt: skip
+
+        # Per API key (its name, never its secret): a label per key, as many as keys exist.
+        self.key_requests = Counter(
+            "tokenq_key_requests",
+            "Requests authenticated with an API key, by the key's name and HTTP status.",
+            ["key", "status"],
+            registry=r,
+        )
+        self.key_tokens = Counter(
+            "tokenq_key_tokens",
+            "Tokens of completed requests by API key name; kind: prompt or generation.",
+            ["key", "kind"],
+            registry=r,
+        )
 
     def process_exited(self) -> None:
         """Drop this process's live gauges (requests in flight) from the multiprocess sum."""

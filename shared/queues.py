@@ -5,10 +5,18 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from shared import keys
+from shared.job import Priority
 
 # The API enqueues the task by name, so it never imports the worker (or llama.cpp).
 GENERATE_TASK = "worker.tasks.generate"
 
 
-def model_queue(redis: Redis, model: str) -> Queue:
-    return Queue(keys.queue_name(model), connection=redis, serializer=JSONSerializer)
+def model_queue(redis: Redis, model: str, priority: Priority = Priority.INTERACTIVE) -> Queue:
+    """The RQ queue of one model's jobs of one priority class."""
+    batch = priority is Priority.BATCH
+    return Queue(keys.queue_name(model, batch), connection=redis, serializer=JSONSerializer)
+
+
+def model_queues(redis: Redis, model: str) -> list[Queue]:
+    """A model's queues in the order workers take jobs: interactive, then batch."""
+    return [model_queue(redis, model, priority) for priority in Priority]

@@ -6,7 +6,7 @@ CLI flags override the environment by being passed as constructor arguments.
 import importlib.metadata
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import BaseModel, Field, field_validator
@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(
         default=2, ge=1, description="Runs of a job whose worker died before its first token."
     )
+    tenant_queue_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="The most of a model's waiting places one API key may hold (at least "
+        "one), so a key flooding the queue leaves room for the others.",
+    )
 
     def limits(self, model: str) -> ModelLimits:
         return self.model_limits.get(model) or ModelLimits(
@@ -102,9 +109,9 @@ class Settings(BaseSettings):
         """How long a job's record outlives its longest possible life."""
         return int(self.queue_deadline_s * self.job_max_attempts + self.job_timeout_s) + 3600
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "cors_origins", mode="before", check_fields=False)
     @classmethod
-    def _split_models(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
@@ -158,6 +165,16 @@ class ApiSettings(Settings):
         ge=1024,
         description="Largest stored response or conversation (its items as JSON); a request "
         "that would store more gets 400.",
+    )
+    auth: Literal["off", "required"] = Field(
+        default="off",
+        description="`required`: every API route but the probes, `/`, and `/metrics` takes "
+        "an API key (`tokenq keys create`).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins browsers may call the API from (comma-separated in env; `*`: "
+        "any, without credentials); none by default.",
     )
     tokenizer_cache_dir: Path | None = Field(
         default=None,
@@ -214,6 +231,11 @@ class WorkerSettings(Settings):
     metrics_host: str = Field(default="127.0.0.1", description="Address for the metrics port.")
     cancel_check_s: float = Field(
         default=0.02, gt=0, description="How often a running job checks whether it was cancelled."
+    )
+    batch_max_wait_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A batch job waiting longer than this is taken before interactive ones.",
     )
 
     @property

@@ -11,11 +11,18 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_chat_format import ChatFormatterResponse, Jinja2ChatFormatter
 
-from shared.job import ChatMessage
+from shared.job import ChatMessage, GenerationJob, Tool
+from shared.tool_prompt import (
+    generic_messages,
+    has_tool_section,
+    template_messages,
+    template_tools,
+)
 
 _MARKER = "\u2063tokenq-final-message\u2063"  # INVISIBLE SEPARATOR: not in real text
 
@@ -57,6 +64,7 @@ class PromptTokenizer:
         eos, bos = model.token_eos(), model.token_bos()
         eos_token = model.token_get_text(eos) if eos != -1 else ""
         bos_token = model.token_get_text(bos) if bos != -1 else ""
+        self._native_tools = has_tool_section(template)
         self._template = Jinja2ChatFormatter(template, eos_token, bos_token)
         # Every turn closed, for continuing the final one (see `_continued`).
         self._closed = Jinja2ChatFormatter(
@@ -74,22 +82,43 @@ class PromptTokenizer:
         return cls(llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False))
 
     def chat(self, messages: list[ChatMessage], continue_final: bool = False) -> list[int]:
-        return self.tokenize(self._render_chat(messages, continue_final))
+        return self.tokenize(self._render_chat(messages, continue_final, []))
 
     def raw(self, prompt: str) -> list[int]:
         return self.tokenize(_render_raw(prompt))
 
     def tokens(
-        self, messages: list[ChatMessage] | None, prompt: str | None, continue_final: bool = False
+        self,
+        messages: list[ChatMessage] | None,
+        prompt: str | None,
+        continue_final: bool = False,
+        tools: list[Tool] | None = None,
     ) -> list[int]:
-        return self.tokenize(self.render(messages, prompt, continue_final))
+        return self.tokenize(self.render(messages, prompt, continue_final, tools))
+
+    def job_tokens(self, job: GenerationJob) -> list[int]:
+        """The job's prompt as its worker evaluates it and the API counts it."""
+        return self.tokenize(self.render_job(job))
+
+    def render_job(self, job: GenerationJob) -> RenderedPrompt:
+        """The job's prompt text: its messages with the tools it offers, or its raw prompt."""
+        tools = job.tools if job.offers_tools else None
+        return self.render(job.messages, job.prompt, job.continue_final_message, tools)
 
     def render(
-        self, messages: list[ChatMessage] | None, prompt: str | None, continue_final: bool = False
+        self,
+        messages: list[ChatMessage] | None,
+        prompt: str | None,
+        continue_final: bool = False,
+        tools: list[Tool] | None = None,
     ) -> RenderedPrompt:
-        """The text to tokenize: the messages in the chat template, or the raw prompt."""
+        """The text to tokenize: the messages in the chat template, or the raw prompt.
+
+        Tools and tool turns go through the template where it has a tool section, else
+        through the generic tool prompt (shared/tool_prompt.py).
+        """
         if messages is not None:
-            return self._render_chat(messages, continue_final)
+            return self._render_chat(messages, continue_final, tools or [])
         return _render_raw(prompt or "")
 
     def tokenize(self, rendered: RenderedPrompt) -> list[int]:
@@ -129,18 +158,22 @@ class PromptTokenizer:
             strips = strips or bool(model.token_get_attr(token) & _STRIPS)
         return _TokenSpan(longest=max(longest, _LONGEST_CHARACTER), strips=strips)
 
-    def _render_chat(self, messages: list[ChatMessage], continue_final: bool) -> RenderedPrompt:
-        if continue_final and not messages[-1].content.strip():
+    def _render_chat(
+        self, messages: list[ChatMessage], continue_final: bool, tools: list[Tool]
+    ) -> RenderedPrompt:
+        if continue_final and not messages[-1].content.strip() and not messages[-1].tool_calls:
             # An empty prefill is the assistant's turn as the generation prompt opens it.
             messages, continue_final = messages[:-1], False
+        if not self._native_tools:
+            messages, tools = generic_messages(messages, tools), []
         if continue_final:
-            text, added_special = self._continued(messages)
+            text, added_special = self._continued(messages, tools)
         else:
-            rendered = self._template(messages=[m.model_dump() for m in messages])  # type: ignore[misc]
+            rendered = _format(self._template, messages, tools)
             text, added_special = rendered.prompt, rendered.added_special
         return RenderedPrompt(text.encode("utf-8"), add_bos=not added_special, special=True)
 
-    def _continued(self, messages: list[ChatMessage]) -> tuple[str, bool]:
+    def _continued(self, messages: list[ChatMessage], tools: list[Tool]) -> tuple[str, bool]:
         """The conversation rendered up to the end of the final message's text, left open.
 
         Every turn is rendered closed with a marker in place of the final message's text; the
@@ -148,11 +181,20 @@ class PromptTokenizer:
         """
         final = messages[-1]
         marked = [*messages[:-1], final.model_copy(update={"content": _MARKER})]
-        rendered = self._closed(messages=[m.model_dump() for m in marked])  # type: ignore[misc]
+        rendered = _format(self._closed, marked, tools)
         at = rendered.prompt.rfind(_MARKER)
         if at < 0:
             raise ValueError("the chat template drops the final message's text")
         return rendered.prompt[:at] + final.content, rendered.added_special
+
+
+def _format(
+    template: Jinja2ChatFormatter, messages: list[ChatMessage], tools: list[Tool]
+) -> ChatFormatterResponse:
+    # The template takes plain JSON-shaped dicts; llama-cpp-python types them as TypedDicts.
+    chat: Any = template_messages(messages)
+    offered: Any = template_tools(tools)
+    return template(messages=chat, tools=offered)
 
 
 def _render_raw(prompt: str) -> RenderedPrompt:

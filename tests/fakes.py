@@ -30,6 +30,7 @@ class FakeEngine:
     prompt_len: int = 4
     n_ctx: int = 64
     started_with: list[tuple[SamplingParams, int]] = field(default_factory=list)
+    seen: list[GenerationJob] = field(default_factory=list)  # jobs whose prompt it was asked
     pause_at: int | None = None
     paused: threading.Event = field(default_factory=threading.Event)
     resume: threading.Event = field(default_factory=threading.Event)
@@ -41,6 +42,7 @@ class FakeEngine:
         return EngineInfo(n_ctx=self.n_ctx, backend="cpu", slots=1, load_seconds=0.0)
 
     def prompt_tokens(self, job: GenerationJob) -> list[int]:
+        self.seen.append(job)
         if job.prompt == "":  # raw text with nothing in it: no tokens, as llama.cpp
             return []
         return list(range(self.prompt_len))

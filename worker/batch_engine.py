@@ -196,7 +196,7 @@ class BatchEngine:
         return self._evict_idle(self._ctx.n_ctx)
 
     def prompt_tokens(self, job: GenerationJob) -> list[int]:
-        return self._tokenizer.tokens(job.messages, job.prompt, job.continue_final_message)
+        return self._tokenizer.job_tokens(job)
 
     def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
         """Take the free slot whose cache shares the longest prefix with `prompt`; its

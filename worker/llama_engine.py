@@ -75,7 +75,7 @@ class LlamaEngine:
         return self._info
 
     def prompt_tokens(self, job: GenerationJob) -> list[int]:
-        return self._tokenizer.tokens(job.messages, job.prompt, job.continue_final_message)
+        return self._tokenizer.job_tokens(job)
 
     def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
         if self._sequence is not None:

@@ -20,7 +20,7 @@ from shared.model_facts import describe
 from shared.model_registry.files import ModelFileError
 from shared.model_registry.ops import ServedFile, worker_file
 from shared.model_registry.store import ModelRegistry
-from shared.queues import model_queue
+from shared.queues import model_queues
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
 from worker.batch_engine import BatchEngine
@@ -28,7 +28,7 @@ from worker.engine import Engine, EngineCheckError
 from worker.heartbeat import Heartbeat, Lease
 from worker.observe import WorkerObserver, serve
 from worker.publisher import BatchingPublisher
-from worker.rq_worker import Slot, serve_slots, stop_on_signals
+from worker.rq_worker import BatchAging, Slot, serve_slots, stop_on_signals
 from worker.runner import JobRunner
 from worker.scheduler import Scheduler
 from worker.slot_engine import SlotEngine
@@ -124,11 +124,12 @@ def run_worker(settings: WorkerSettings) -> None:
     ):
         serve_slots(
             slots,
-            lambda: model_queue(
+            lambda: model_queues(
                 Redis.from_url(settings.redis_url, health_check_interval=10), settings.model
             ),
             settings.heartbeat_ttl_s,
             stopping,
+            BatchAging(settings.model, settings.queue_deadline_s, settings.batch_max_wait_s),
         )
     scheduler.stop()
     publisher.close()  # what the last jobs published is sent before the process exits

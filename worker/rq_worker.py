@@ -9,6 +9,11 @@ main thread, so here:
 - a slot waits for jobs in short slices (`POLL_S`), so it notices `stopping` while idle;
 - a job's time limit is enforced by the job runner between tokens, not by SIGALRM.
 A slot busy with a job finishes it before it stops (warm shutdown, as before).
+
+Priority: a worker listens to its model's interactive queue before its batch queue (RQ's
+BLPOP takes the first non-empty list in order), except that when the batch job at the head of
+its queue has waited longer than `batch_max_wait_s`, the next dequeue tries the batch queue
+first: batch work waits at most that long plus one job's run for a free slot.
 """
 
 import logging
@@ -19,12 +24,14 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.timeouts import BaseDeathPenalty
 
+from shared.lifecycle.scripts import WorkerScripts
 from shared.lifecycle.worker_side import RunGate
 from worker.runner import JobRunner
 from worker.tasks import current_runner
@@ -49,17 +56,30 @@ class ModelWorker(SimpleWorker):
     def __init__(
         self,
         runner: JobRunner,
-        queue: Queue,
+        queues: Queue | list[Queue],
         *,
         gate: RunGate | None = None,
         lease_ttl_s: float = 5.0,
         stopping: threading.Event | None = None,
+        aging: "BatchAging | None" = None,
     ) -> None:
-        super().__init__([queue], connection=queue.connection, serializer=queue.serializer)
+        """`queues`: the model's queues, interactive first (shared.queues.model_queues)."""
+        queues = queues if isinstance(queues, list) else [queues]
+        first = queues[0]
+        super().__init__(queues, connection=first.connection, serializer=first.serializer)
         self.runner = runner
         self.gate = gate
         self.lease_ttl_s = lease_ttl_s
         self.stopping = stopping or threading.Event()
+        self.aging = aging
+        self._by_priority = list(queues)
+
+    def _order_queues(self) -> None:
+        """Interactive first, unless the oldest batch job has waited past the bound."""
+        self._ordered_queues = list(self._by_priority)
+        aging = self.aging
+        if aging and len(self._by_priority) == 2 and aging.batch_overdue(self.connection):
+            self._ordered_queues.reverse()
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping.set()
@@ -74,7 +94,11 @@ class ModelWorker(SimpleWorker):
             if time.monotonic() - beat_at > 10:  # keep RQ's view of this worker alive
                 beat_at = time.monotonic()
                 self.heartbeat()
+        self._order_queues()
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def reorder_queues(self, reference_queue: Queue) -> None:
+        pass  # the order is chosen before each dequeue (`_order_queues`)
 
     def perform_job(self, job: Job, queue: Queue) -> bool:
         token = current_runner.set(self.runner)
@@ -92,6 +116,27 @@ class ModelWorker(SimpleWorker):
             log.warning("worker teardown without redis: %s", exc)
             if self.pubsub_thread is not None:
                 self.pubsub_thread.stop()
+
+
+@dataclass(frozen=True)
+class BatchAging:
+    """When a model's oldest queued batch job has waited too long to stay behind interactive
+    ones. Its wait is read from its queue deadline (enqueue time + `queue_deadline_s`)."""
+
+    model: str
+    queue_deadline_s: float
+    max_wait_s: float
+
+    def batch_overdue(self, redis: Redis) -> bool:
+        deadline = WorkerScripts(redis).oldest_batch_deadline(self.model)
+        if deadline is None:
+            return False
+        return overdue(deadline, time.time(), self.queue_deadline_s, self.max_wait_s)
+
+
+def overdue(deadline: float, now: float, queue_deadline_s: float, max_wait_s: float) -> bool:
+    """Whether a job with this queue deadline has waited longer than `max_wait_s`."""
+    return now - (deadline - queue_deadline_s) > max_wait_s
 
 
 class NoDeathPenalty(BaseDeathPenalty):
@@ -156,15 +201,16 @@ class Slot:
 
 def serve_slots(
     slots: list[Slot],
-    queue_for: Callable[[], Queue],
+    queue_for: Callable[[], list[Queue]],
     lease_ttl_s: float,
     stopping: threading.Event,
+    aging: BatchAging | None = None,
 ) -> None:
     """Run every slot's RQ loop in its own thread until `stopping` is set and all are done."""
     threads = [
         threading.Thread(
             target=_serve,
-            args=(slot, queue_for(), lease_ttl_s, stopping),
+            args=(slot, queue_for(), lease_ttl_s, stopping, aging),
             name=f"slot-{slot.index}",
             daemon=True,  # a second SIGTERM/SIGINT exits without waiting for them
         )
@@ -177,7 +223,13 @@ def serve_slots(
             thread.join(timeout=0.5)  # short joins: the main thread keeps handling signals
 
 
-def _serve(slot: Slot, queue: Queue, lease_ttl_s: float, stopping: threading.Event) -> None:
+def _serve(
+    slot: Slot,
+    queues: list[Queue],
+    lease_ttl_s: float,
+    stopping: threading.Event,
+    aging: BatchAging | None,
+) -> None:
     """One slot's RQ loop, started again whenever it ended because Redis went away.
 
     RQ's loop survives Redis going away while it waits for a job, but not everywhere (a
@@ -186,7 +238,12 @@ def _serve(slot: Slot, queue: Queue, lease_ttl_s: float, stopping: threading.Eve
     while not stopping.is_set():
         try:
             worker = SlotWorker(
-                slot.runner, queue, gate=slot.gate, lease_ttl_s=lease_ttl_s, stopping=stopping
+                slot.runner,
+                queues,
+                gate=slot.gate,
+                lease_ttl_s=lease_ttl_s,
+                stopping=stopping,
+                aging=aging,
             )
             worker.room = slot.room
             worker.work(with_scheduler=False, logging_level="WARNING")

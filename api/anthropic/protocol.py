@@ -6,8 +6,19 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from api.grammar import constrain
 from api.wire import JobRequest, WireModel
-from shared.job import ChatMessage, Flavour, GenerationJob, ModelName, SamplingParams
+from shared.job import (
+    ChatMessage,
+    Flavour,
+    GenerationJob,
+    ModelName,
+    NamedToolChoice,
+    SamplingParams,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 
 
 class CacheControl(WireModel):
@@ -50,8 +61,77 @@ class DocumentBlockParam(_RefusedBlock):
     type: Literal["document"]
 
 
+class ToolUseBlockParam(WireModel):
+    """A tool call of an earlier assistant turn."""
+
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+    cache_control: CacheControl | None = None
+    # An earlier response's block given back as the SDK dumps it.
+    caller: None = None
+    toolset_name: None = None
+
+
+class ToolResultBlockParam(WireModel):
+    """The result of a tool call, in a user turn."""
+
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[TextBlockParam] | None = None
+    is_error: bool | None = None
+    cache_control: CacheControl | None = None
+
+    @property
+    def text(self) -> str:
+        content = self.content or ""
+        text = content if isinstance(content, str) else "".join(b.text for b in content)
+        return f"Error: {text}" if self.is_error else text
+
+
 ContentBlockParam = Annotated[
-    TextBlockParam | ImageBlockParam | DocumentBlockParam, Field(discriminator="type")
+    TextBlockParam
+    | ImageBlockParam
+    | DocumentBlockParam
+    | ToolUseBlockParam
+    | ToolResultBlockParam,
+    Field(discriminator="type"),
+]
+
+
+class ToolParam(WireModel):
+    """A client tool. Anthropic's server tools (web search, ...) have other types: refused."""
+
+    name: str
+    description: str | None = None
+    input_schema: dict[str, Any]
+    type: Literal["custom"] | None = None
+    cache_control: CacheControl | None = None
+
+
+class ToolChoiceAuto(WireModel):
+    type: Literal["auto"]
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceAny(WireModel):
+    type: Literal["any"]
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceTool(WireModel):
+    type: Literal["tool"]
+    name: str
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceNone(WireModel):
+    type: Literal["none"]
+
+
+ToolChoiceParam = Annotated[
+    ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone, Field(discriminator="type")
 ]
 
 
@@ -69,6 +149,14 @@ class MessageParam(WireModel):
     content: list[ContentBlockParam]
 
     _shorthand = field_validator("content", mode="before")(_blocks)
+
+    @model_validator(mode="after")
+    def _tool_blocks_in_their_turns(self) -> "MessageParam":
+        misplaced = ToolResultBlockParam if self.role == "assistant" else ToolUseBlockParam
+        if any(isinstance(b, misplaced) for b in self.content):
+            kind = "tool_result" if self.role == "assistant" else "tool_use"
+            raise ValueError(f"{kind} blocks cannot be in a {self.role} message")
+        return self
 
     @property
     def text(self) -> str:
@@ -101,6 +189,8 @@ class _Conversation(JobRequest):
     messages: list[MessageParam] = Field(min_length=1)
     system: list[TextBlockParam] | None = None
     thinking: ThinkingConfig | None = None
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoiceParam | None = None
 
     _shorthand = field_validator("system", mode="before")(_blocks)
 
@@ -116,19 +206,71 @@ class _Conversation(JobRequest):
         return _text(self.system or [])  # an empty system prompt is none
 
     def chat_messages(self) -> list[ChatMessage]:
-        turns = [ChatMessage(role=m.role, content=m.text) for m in self.messages]
+        return [message for message, _ in self._turns()]
+
+    def _turns(self) -> list[tuple[ChatMessage, str]]:
+        """The job's messages, each with the parameter it came from.
+
+        A user turn's tool results become tool messages (before its text, if any); an
+        assistant turn's tool_use blocks become its tool calls.
+        """
         system = self.system_text
-        return [ChatMessage(role="system", content=system), *turns] if system else turns
+        turns = [(ChatMessage(role="system", content=system), "system")] if system else []
+        names: dict[str, str] = {}  # tool_use id -> the tool it called
+        for i, m in enumerate(self.messages):
+            param = f"messages.{i}.content"
+            if m.role == "assistant":
+                calls = [
+                    ToolCall(id=b.id, name=b.name, arguments=b.input)
+                    for b in m.content
+                    if isinstance(b, ToolUseBlockParam)
+                ]
+                names.update((c.id, c.name) for c in calls)
+                turns.append(
+                    (ChatMessage(role="assistant", content=m.text, tool_calls=calls), param)
+                )
+                continue
+            results = [b for b in m.content if isinstance(b, ToolResultBlockParam)]
+            for result in results:
+                tool = ChatMessage(
+                    role="tool",
+                    content=result.text,
+                    tool_call_id=result.tool_use_id,
+                    name=names.get(result.tool_use_id),
+                )
+                turns.append((tool, param))
+            if m.text or not results:
+                turns.append((ChatMessage(role="user", content=m.text), param))
+        return turns
 
     def message_param(self, index: int) -> str:
-        if self.system_text:  # the job's first message is the system prompt
-            return "system" if index == 0 else f"messages.{index - 1}.content"
-        return super().message_param(index)
+        turns = self._turns()
+        return turns[index][1] if index < len(turns) else super().message_param(index)
+
+    def _tools(self) -> list[Tool]:
+        return [
+            self.tool(i, t.name, t.description, t.input_schema)
+            for i, t in enumerate(self.tools or [])
+        ]
+
+    def tool_param(self, index: int, field: str) -> str:
+        return f"tools.{index}.{'input_schema' if field == 'parameters' else field}"
+
+    def _tool_choice(self) -> ToolChoice:
+        match self.tool_choice:
+            case ToolChoiceAny():
+                return "required"
+            case ToolChoiceTool(name=name):
+                return NamedToolChoice(name=name)
+            case ToolChoiceNone():
+                return "none"
+        return "auto"
 
     def _job(
         self, sampling: SamplingParams, stream: bool, deadline: float, request_id: str | None
     ) -> GenerationJob:
-        return GenerationJob(
+        choice = self.tool_choice
+        job = GenerationJob(
             model=self.model,
             messages=self.chat_messages(),
             # A final assistant message is a prefill: the reply continues its text.
@@ -138,7 +280,12 @@ class _Conversation(JobRequest):
             flavour=Flavour.ANTHROPIC,
             deadline=deadline,
             request_id=request_id,
+            tools=self._tools(),
+            tool_choice=self._tool_choice(),
+            parallel_tool_calls=not getattr(choice, "disable_parallel_tool_use", None),
         )
+        # Anthropic's structured output is a forced tool: its grammar is the only format.
+        return constrain(job, None, tools_param="tools", format_param="tool_choice")
 
 
 class CountTokensRequest(_Conversation):
@@ -171,12 +318,22 @@ class MessagesRequest(_Conversation):
 
 # Responses
 
-StopReason = Literal["end_turn", "max_tokens", "stop_sequence"]
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
 
 class TextBlock(BaseModel):
     type: Literal["text"] = "text"
     text: str
+
+
+class ToolUseBlock(BaseModel):
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+ContentBlock = TextBlock | ToolUseBlock
 
 
 class Usage(BaseModel):
@@ -189,7 +346,7 @@ class Message(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     model: str
-    content: list[TextBlock]
+    content: list[ContentBlock]
     stop_reason: StopReason | None
     stop_sequence: str | None
     usage: Usage
@@ -210,7 +367,7 @@ class MessageStartEvent(BaseModel):
 class ContentBlockStartEvent(BaseModel):
     type: Literal["content_block_start"] = "content_block_start"
     index: int = 0
-    content_block: TextBlock
+    content_block: ContentBlock
 
 
 class PingEvent(BaseModel):
@@ -222,10 +379,15 @@ class TextDelta(BaseModel):
     text: str
 
 
+class InputJsonDelta(BaseModel):
+    type: Literal["input_json_delta"] = "input_json_delta"
+    partial_json: str
+
+
 class ContentBlockDeltaEvent(BaseModel):
     type: Literal["content_block_delta"] = "content_block_delta"
     index: int = 0
-    delta: TextDelta
+    delta: TextDelta | InputJsonDelta
 
 
 class ContentBlockStopEvent(BaseModel):

@@ -3,12 +3,14 @@
 from fastapi.responses import JSONResponse
 
 from api.anthropic.protocol import (
+    ContentBlock,
     ContentBlockDeltaEvent,
     ContentBlockStartEvent,
     ContentBlockStopEvent,
     DeltaUsage,
     ErrorBody,
     ErrorResponse,
+    InputJsonDelta,
     Message,
     MessageDelta,
     MessageDeltaEvent,
@@ -19,18 +21,22 @@ from api.anthropic.protocol import (
     StreamEvent,
     TextBlock,
     TextDelta,
+    ToolUseBlock,
     Usage,
 )
 from api.errors import ApiError, ErrorKind
 from api.relay import StreamEncoder
 from api.sse import format_sse
+from api.tool_calls import CallSplitter, Reply, arguments_json, read_reply
 from shared.events import DoneEvent, FinishReason, TokenEvent
-from shared.job import GenerationJob
+from shared.job import GenerationJob, ToolCall
 
 # Anthropic's error type for each kind of error, and the status where it differs from ours:
 # a model without a live worker is "overloaded" (529), which the client retries.
 _ERRORS: dict[ErrorKind, tuple[str, int | None]] = {
     ErrorKind.INVALID_REQUEST: ("invalid_request_error", None),
+    ErrorKind.AUTHENTICATION: ("authentication_error", None),
+    ErrorKind.PERMISSION: ("permission_error", None),
     ErrorKind.NOT_FOUND: ("not_found_error", None),
     ErrorKind.RATE_LIMITED: ("rate_limit_error", None),
     ErrorKind.UNAVAILABLE: ("overloaded_error", 529),
@@ -64,12 +70,33 @@ def message_id(job: GenerationJob) -> str:
     return f"msg_{job.id}"
 
 
+def tool_use_id(call: ToolCall) -> str:
+    return f"toolu_{call.id}"
+
+
+def tool_use(call: ToolCall) -> ToolUseBlock:
+    return ToolUseBlock(id=tool_use_id(call), name=call.name, input=call.arguments)
+
+
+def stop_reason(done: DoneEvent, reply: Reply) -> StopReason:
+    if reply.calls and done.finish_reason is not FinishReason.LENGTH:
+        return "tool_use"
+    return _STOP_REASONS[done.finish_reason]
+
+
 def message(job: GenerationJob, text: str, done: DoneEvent) -> Message:
+    reply = read_reply(job, text)
+    content: list[ContentBlock] = [TextBlock(text=reply.text)]
+    if job.offers_tools:  # a text block only where there is text, as Anthropic answers
+        content = [
+            *([TextBlock(text=reply.text)] if reply.text else []),
+            *map(tool_use, reply.calls),
+        ]
     return Message(
         id=message_id(job),
         model=job.model,
-        content=[TextBlock(text=text)],
-        stop_reason=_STOP_REASONS[done.finish_reason],
+        content=content,
+        stop_reason=stop_reason(done, reply),
         stop_sequence=done.stop_sequence,
         usage=Usage(
             input_tokens=done.usage.prompt_tokens, output_tokens=done.usage.completion_tokens
@@ -83,11 +110,19 @@ def _frame(event: StreamEvent) -> bytes:
 
 class MessageStreamEncoder(StreamEncoder):
     """message_start, content_block_start, ping, content_block_delta..., content_block_stop,
-    message_delta, message_stop; or an `error` event once the stream has started."""
+    message_delta, message_stop; or an `error` event once the stream has started.
+
+    When the job offers tools, the text block opens with the first text, and each tool call
+    comes once the output has ended (api/tool_calls.py) as a block of its own: a tool_use
+    content_block_start with an empty input, an input_json_delta, content_block_stop.
+    """
 
     def __init__(self, job: GenerationJob, input_tokens: int) -> None:
         self.job = job
         self.input_tokens = input_tokens
+        self.splitter = CallSplitter(job)
+        self.blocks = 0  # content blocks opened
+        self.text_open = False
 
     def start(self) -> list[bytes]:
         started = Message(
@@ -98,21 +133,46 @@ class MessageStreamEncoder(StreamEncoder):
             stop_sequence=None,
             usage=Usage(input_tokens=self.input_tokens, output_tokens=0),
         )
-        return [
-            _frame(MessageStartEvent(message=started)),
-            _frame(ContentBlockStartEvent(content_block=TextBlock(text=""))),
-            _frame(PingEvent()),
-        ]
+        frames = [_frame(MessageStartEvent(message=started))]
+        if not self.job.offers_tools:
+            frames.extend(self._open_text())
+        return [*frames, _frame(PingEvent())]
+
+    def _open_text(self) -> list[bytes]:
+        self.text_open, self.blocks = True, self.blocks + 1
+        return [_frame(ContentBlockStartEvent(content_block=TextBlock(text="")))]
+
+    def _text(self, text: str) -> list[bytes]:
+        if not text:
+            return []
+        frames = [] if self.text_open else self._open_text()
+        return [*frames, _frame(ContentBlockDeltaEvent(delta=TextDelta(text=text)))]
 
     def token(self, event: TokenEvent) -> list[bytes]:
-        return [_frame(ContentBlockDeltaEvent(delta=TextDelta(text=event.text)))]
+        return self._text(self.splitter.feed(event.text))
 
     def done(self, event: DoneEvent) -> list[bytes]:
+        reply = self.splitter.finish()
+        frames = self._text(reply.text)
+        if self.text_open:
+            frames.append(_frame(ContentBlockStopEvent(index=0)))
+        for call in reply.calls:
+            index, self.blocks = self.blocks, self.blocks + 1
+            opened = ToolUseBlock(id=tool_use_id(call), name=call.name, input={})
+            frames += [
+                _frame(ContentBlockStartEvent(index=index, content_block=opened)),
+                _frame(
+                    ContentBlockDeltaEvent(
+                        index=index, delta=InputJsonDelta(partial_json=arguments_json(call))
+                    )
+                ),
+                _frame(ContentBlockStopEvent(index=index)),
+            ]
         delta = MessageDelta(
-            stop_reason=_STOP_REASONS[event.finish_reason], stop_sequence=event.stop_sequence
+            stop_reason=stop_reason(event, reply), stop_sequence=event.stop_sequence
         )
         return [
-            _frame(ContentBlockStopEvent()),
+            *frames,
             _frame(
                 MessageDeltaEvent(
                     delta=delta, usage=DeltaUsage(output_tokens=event.usage.completion_tokens)

@@ -6,23 +6,39 @@ Ollama's own, so a request without options behaves as it would against Ollama; t
 and caps are the neutral job's (shared/job.py).
 """
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
 from api.wire import JobRequest, WireModel
-from shared.job import ChatMessage, Flavour, GenerationJob, ModelName, SamplingParams
+from shared.job import (
+    ChatMessage,
+    Flavour,
+    GenerationJob,
+    ModelName,
+    NamedToolChoice,
+    SamplingParams,
+    Tool,
+    ToolCall,
+    ToolChoice,
+)
 
 _REFUSED = {
     "suffix": "fill-in-the-middle (suffix) is not supported",
     "template": "custom templates are not supported: the model's own chat template is used",
     "context": "context token arrays are not supported: send the conversation to /api/chat",
     "images": "image input is not supported: the model reads text only",
-    "format": "structured output (format) is not supported",
     "think": "this model does not support thinking",
     "thinking": "this model does not support thinking",
-    "tools": "tool calling is not supported",
-    "tool_calls": "tool calling is not supported",
 }
 
 # Options that size or place the model when it is loaded: a worker loads its model once, with
@@ -149,7 +165,21 @@ class _Request(JobRequest):
     logprobs: bool | None = None
     top_logprobs: int | None = None
 
-    _refused = field_validator("format", "think")(_refuse_if_set)
+    _refused = field_validator("think")(_refuse_if_set)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(value, str) and value not in ("", "json"):
+            raise ValueError("format is 'json' or a JSON schema")
+        return value
+
+    def _output_grammar(self) -> str | None:
+        if self.format == "json":
+            return JSON_OBJECT_GRAMMAR
+        if isinstance(self.format, dict):
+            return schema_grammar(self.format, "format")
+        return None
 
     @property
     def target(self) -> str:
@@ -174,9 +204,11 @@ class _Request(JobRequest):
         request_id: str | None,
         messages: list[ChatMessage] | None = None,
         prompt: str | None = None,
+        tools: list[Tool] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> GenerationJob:
         final = messages[-1] if messages else None
-        return GenerationJob(
+        job = GenerationJob(
             model=self.target,
             messages=messages,
             continue_final_message=final is not None and final.role == "assistant",
@@ -186,7 +218,10 @@ class _Request(JobRequest):
             flavour=Flavour.OLLAMA,
             deadline=deadline,
             request_id=request_id,
+            tools=tools or [],
+            tool_choice=tool_choice,
         )
+        return constrain(job, self._output_grammar(), tools_param="tools", format_param="format")
 
 
 class GenerateRequest(_Request):
@@ -217,34 +252,117 @@ class GenerateRequest(_Request):
         return self._job(deadline, request_id, messages=[*system, user])
 
 
+class CallFunction(WireModel):
+    name: str
+    arguments: dict[str, Any]
+    index: int | None = None
+
+
+class CallParam(WireModel):
+    """A tool call of an earlier assistant turn."""
+
+    function: CallFunction
+    id: str | None = None
+    type: Literal["function"] | None = None
+
+
 class Message(WireModel):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[CallParam] | None = None
+    tool_name: str | None = None  # a tool message's tool
+    tool_call_id: str | None = None
     thinking: str | None = None
 
-    _refused = field_validator("images", "tool_calls", "thinking")(_refuse_if_set)
+    _refused = field_validator("images", "thinking")(_refuse_if_set)
+
+
+class FunctionParam(WireModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolParam(WireModel):
+    type: Literal["function"] = "function"
+    function: FunctionParam
+
+
+class FunctionName(WireModel):
+    name: str
+
+
+class NamedChoice(WireModel):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class ChatRequest(_Request):
     messages: list[Message] = Field(default_factory=list)
-    tools: list[Any] | None = None  # the official client always sends [], which is fine
+    tools: list[ToolParam] | None = None  # the official client always sends [], which is fine
+    # tokenq's extension (Ollama has no tool_choice), with OpenAI's values: a forced call.
+    tool_choice: Annotated[
+        Literal["auto", "none", "required"] | NamedChoice, Field(union_mode="left_to_right")
+    ] = "auto"
 
-    _refused_here = field_validator("tools")(_refuse_if_set)
+    def tool_param(self, index: int, field: str) -> str:
+        return f"tools.{index}.function.{field}"
 
     def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
         # A final assistant message is continued, as Ollama's templates leave it open.
-        messages = [ChatMessage(role=m.role, content=m.content) for m in self.messages]
-        return self._job(deadline, request_id, messages=messages)
+        messages = [_chat_message(m, i) for i, m in enumerate(self.messages)]
+        tools = [
+            self.tool(i, t.function.name, t.function.description, t.function.parameters)
+            for i, t in enumerate(self.tools or [])
+        ]
+        choice: ToolChoice = (
+            NamedToolChoice(name=self.tool_choice.function.name)
+            if isinstance(self.tool_choice, NamedChoice)
+            else self.tool_choice
+        )
+        return self._job(deadline, request_id, messages=messages, tools=tools, tool_choice=choice)
+
+
+def _chat_message(message: Message, index: int) -> ChatMessage:
+    if message.role == "tool":
+        return ChatMessage(
+            role="tool",
+            content=message.content,
+            tool_call_id=message.tool_call_id,
+            name=message.tool_name,
+        )
+    calls = [
+        ToolCall(id=c.id or f"{index}-{j}", name=c.function.name, arguments=c.function.arguments)
+        for j, c in enumerate(message.tool_calls or [])
+    ]
+    return ChatMessage(role=message.role, content=message.content, tool_calls=calls)
 
 
 # Responses: one line per token while streaming, then a final line with the statistics.
 
 
+class ResponseFunction(BaseModel):
+    index: int
+    name: str
+    arguments: dict[str, Any]
+
+
+class ResponseToolCall(BaseModel):
+    function: ResponseFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    tool_calls: list[ResponseToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _calls_when_made(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        if self.tool_calls is None:
+            dumped.pop("tool_calls", None)
+        return dumped
 
 
 class TokenLogprob(BaseModel):

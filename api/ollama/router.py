@@ -9,6 +9,7 @@ import importlib.metadata
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
+from api.auth import public
 from api.deps import RequestIdDep, StateDep
 from api.errors import NoWorkerError
 from api.models import canonical, catalog_model, job_for, require_live_worker
@@ -30,6 +31,7 @@ router = APIRouter(
 
 @router.get("/", response_class=PlainTextResponse)
 @router.head("/", response_class=PlainTextResponse, include_in_schema=False)
+@public
 async def root() -> str:
     """The liveness line Ollama tools look for."""
     return "Ollama is running"

@@ -25,10 +25,13 @@ from api.ollama.protocol import (
     GenerateChunk,
     GenerateDone,
     Logprob,
+    ResponseFunction,
+    ResponseToolCall,
 )
 from api.ollama.protocol import TokenLogprob as OllamaToken
 from api.relay import Collected, StreamEncoder
 from api.state import AppState
+from api.tool_calls import CallSplitter, Reply, read_reply
 from shared.events import DoneEvent, FinishReason, TokenEvent, TokenLogprob
 from shared.job import GenerationJob
 
@@ -95,15 +98,25 @@ def generate_done(
     )
 
 
+def reply_message(reply: Reply) -> AssistantMessage:
+    """The reply as Ollama's message: its text, and its tool calls (arguments as objects)."""
+    calls = [
+        ResponseToolCall(function=ResponseFunction(index=i, name=c.name, arguments=c.arguments))
+        for i, c in enumerate(reply.calls)
+    ]
+    return AssistantMessage(content=reply.text, tool_calls=calls or None)
+
+
 def chat_done(
     job: GenerationJob, name: str, out: Collected | None, done: DoneEvent | None = None
 ) -> ChatDone:
+    """The final line: with the whole output (`out`), or after a stream (only `done`)."""
     done = out.done if out is not None else done
     assert done is not None
     return ChatDone(
         model=name,
         created_at=timestamp(time.time()),
-        message=AssistantMessage(content=out.text if out is not None else ""),
+        message=reply_message(read_reply(job, out.text if out is not None else "")),
         logprobs=logprobs(out.choices[0].logprobs) if out is not None else None,
         **dict(stats(job, done)),
     )
@@ -171,14 +184,31 @@ class GenerateEncoder(_OllamaEncoder):
 
 
 class ChatEncoder(_OllamaEncoder):
-    def token(self, event: TokenEvent) -> list[bytes]:
-        chunk = ChatChunk(
-            model=self.name,
-            created_at=timestamp(time.time()),
-            message=AssistantMessage(content=event.text),
-            logprobs=logprobs(event.logprobs),
+    """Text as it comes; tool calls, read once the output has ended, in one chunk before the
+    final line (as Ollama sends them)."""
+
+    def __init__(self, job: GenerationJob, name: str) -> None:
+        super().__init__(job, name)
+        self.splitter = CallSplitter(job)
+
+    def _chunk(self, message: AssistantMessage, entries: list[Logprob] | None = None) -> bytes:
+        return line(
+            ChatChunk(
+                model=self.name,
+                created_at=timestamp(time.time()),
+                message=message,
+                logprobs=entries,
+            )
         )
-        return [line(chunk)]
+
+    def token(self, event: TokenEvent) -> list[bytes]:
+        entries = logprobs(event.logprobs)
+        if not self.job.offers_tools:  # every token's line, as Ollama sends them
+            return [self._chunk(AssistantMessage(content=event.text), entries)]
+        text = self.splitter.feed(event.text)
+        return [self._chunk(AssistantMessage(content=text), entries)] if text or entries else []
 
     def done(self, event: DoneEvent) -> list[bytes]:
-        return [line(chat_done(self.job, self.name, None, event))]
+        reply = self.splitter.finish()
+        frames = [self._chunk(reply_message(reply))] if reply.text or reply.calls else []
+        return [*frames, line(chat_done(self.job, self.name, None, event))]

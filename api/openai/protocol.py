@@ -3,13 +3,32 @@
 Ranges and caps are the neutral job's (shared/job.py); these models only map the fields.
 """
 
+import json
 import time
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, Field, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from api.errors import InvalidRequestError
+from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
 from api.wire import JobRequest, WireModel
-from shared.job import ChatMessage, Flavour, GenerationJob, ModelName, SamplingParams
+from shared.job import (
+    ChatMessage,
+    Flavour,
+    GenerationJob,
+    ModelName,
+    NamedToolChoice,
+    SamplingParams,
+    ToolCall,
+    ToolChoice,
+)
 
 
 class TextPart(WireModel):
@@ -50,13 +69,89 @@ class UserMessage(WireModel):
     name: str | None = None
 
 
+class FunctionCall(WireModel):
+    name: str
+    arguments: str = Field(description="JSON text of the arguments object.")
+
+
+class AssistantToolCall(WireModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class AssistantMessage(WireModel):
     role: Literal["assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None
+    refusal: None = None  # a message of an earlier response given back as it came
 
 
-Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+class ToolMessage(WireModel):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+Message = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
+]
+
+
+class FunctionDefinition(WireModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None  # arguments always follow the schema when a call is forced
+
+
+class FunctionTool(WireModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(WireModel):
+    name: str
+
+
+class NamedFunctionChoice(WireModel):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class TextFormat(WireModel):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(WireModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(WireModel):
+    name: str
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None  # the output always follows the schema (a grammar)
+
+
+class JsonSchemaFormat(WireModel):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
+
+def _output_grammar(response_format: ResponseFormat | None) -> str | None:
+    match response_format:
+        case JsonObjectFormat():
+            return JSON_OBJECT_GRAMMAR
+        case JsonSchemaFormat(json_schema=spec):
+            return schema_grammar(spec.json_schema, "response_format.json_schema.schema")
+    return None
 
 
 class StreamOptions(WireModel):
@@ -85,6 +180,7 @@ class _SamplingFields(JobRequest):
     user: str | None = None
     ignore_eos: bool = False  # vLLM's extensions, sent by load generators
     min_tokens: int = 0
+    response_format: ResponseFormat | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -134,6 +230,9 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> Self:
@@ -153,14 +252,9 @@ class ChatCompletionRequest(_SamplingFields):
         return super().sampling_param(field)
 
     def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
-        return GenerationJob(
+        job = GenerationJob(
             model=self.model,
-            messages=[
-                ChatMessage(
-                    role="system" if m.role == "developer" else m.role, content=_text(m.content)
-                )
-                for m in self.messages
-            ],
+            messages=self._chat_messages(),
             sampling=self._sampling(
                 self.max_tokens
                 if self.max_completion_tokens is None
@@ -168,8 +262,70 @@ class ChatCompletionRequest(_SamplingFields):
             ),
             deadline=deadline,
             request_id=request_id,
+            tools=[
+                self.tool(i, t.function.name, t.function.description, t.function.parameters)
+                for i, t in enumerate(self.tools or [])
+            ],
+            tool_choice=self._tool_choice(),
+            parallel_tool_calls=self.parallel_tool_calls is not False,
             **self.job_fields(),
         )
+        return constrain(
+            job,
+            _output_grammar(self.response_format),
+            tools_param="tools",
+            format_param="response_format",
+        )
+
+    def tool_param(self, index: int, field: str) -> str:
+        return f"tools.{index}.function.{field}"
+
+    def _tool_choice(self) -> ToolChoice:
+        if isinstance(self.tool_choice, NamedFunctionChoice):
+            return NamedToolChoice(name=self.tool_choice.function.name)
+        # OpenAI's default: "auto" with tools, "none" without.
+        return self.tool_choice or "auto"
+
+    def _chat_messages(self) -> list[ChatMessage]:
+        names: dict[str, str] = {}  # tool call id -> the tool it called
+        messages: list[ChatMessage] = []
+        for i, m in enumerate(self.messages):
+            match m:
+                case ToolMessage():
+                    messages.append(
+                        ChatMessage(
+                            role="tool",
+                            content=_text(m.content),
+                            tool_call_id=m.tool_call_id,
+                            name=names.get(m.tool_call_id),
+                        )
+                    )
+                case AssistantMessage():
+                    calls = [
+                        _call(c, f"messages.{i}.tool_calls.{j}")
+                        for j, c in enumerate(m.tool_calls or [])
+                    ]
+                    names.update((c.id, c.name) for c in calls)
+                    messages.append(
+                        ChatMessage(role="assistant", content=_text(m.content), tool_calls=calls)
+                    )
+                case _:
+                    role = "system" if m.role == "developer" else m.role
+                    messages.append(ChatMessage(role=role, content=_text(m.content)))
+        return messages
+
+
+def _call(call: AssistantToolCall, param: str) -> ToolCall:
+    try:
+        arguments = json.loads(call.function.arguments)
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise InvalidRequestError(
+            "a tool call's arguments must be the JSON text of an object",
+            param=f"{param}.function.arguments",
+        )
+    return ToolCall(id=call.id, name=call.function.name, arguments=arguments)
 
 
 class CompletionRequest(_SamplingFields):
@@ -206,13 +362,19 @@ class CompletionRequest(_SamplingFields):
         return value
 
     def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
-        return GenerationJob(
+        job = GenerationJob(
             model=self.model,
             prompt=self.prompt if isinstance(self.prompt, str) else self.prompt[0],
             sampling=self._sampling(self.max_tokens),
             deadline=deadline,
             request_id=request_id,
             **self.job_fields(),
+        )
+        return constrain(
+            job,
+            _output_grammar(self.response_format),
+            tools_param="tools",
+            format_param="response_format",
         )
 
 
@@ -225,12 +387,31 @@ class UsageInfo(BaseModel):
     total_tokens: int
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class ResponseFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ResponseFunction
 
 
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ResponseToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _calls_when_made(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        if self.tool_calls is None:
+            dumped.pop("tool_calls", None)
+        return dumped
 
 
 class TopLogprob(BaseModel):
@@ -276,14 +457,34 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class FunctionDelta(BaseModel):
+    name: str | None = None
+    arguments: str
+
+
+class ToolCallDelta(BaseModel):
+    """A call's first chunk has its id, type and name; later ones add argument text."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
     @model_serializer
-    def _present_fields(self) -> dict[str, str]:
+    def _present_fields(self) -> dict[str, Any]:
         # OpenAI's deltas carry only the fields that changed.
-        return {k: v for k, v in (("role", self.role), ("content", self.content)) if v is not None}
+        present: dict[str, Any] = {
+            k: v for k, v in (("role", self.role), ("content", self.content)) if v is not None
+        }
+        if self.tool_calls is not None:
+            present["tool_calls"] = [t.model_dump(exclude_none=True) for t in self.tool_calls]
+        return present
 
 
 class ChatChunkChoice(BaseModel):

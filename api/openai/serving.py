@@ -16,7 +16,11 @@ from api.openai.protocol import (
     ErrorBody,
     ErrorResponse,
     FinishReason,
+    FunctionDelta,
+    ResponseFunction,
     ResponseMessage,
+    ResponseToolCall,
+    ToolCallDelta,
     UsageInfo,
     now,
 )
@@ -24,12 +28,22 @@ from api.openai.protocol import TokenLogprob as OpenAIToken
 from api.openai.protocol import TopLogprob as OpenAITop
 from api.relay import Collected, StreamEncoder
 from api.sse import format_sse
-from shared.events import ChoiceEndEvent, DoneEvent, TokenEvent, TokenLogprob, TopLogprob, Usage
+from api.tool_calls import CallSplitter, Reply, arguments_json, read_reply
+from shared.events import (
+    ChoiceEndEvent,
+    DoneEvent,
+    TokenEvent,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from shared.events import FinishReason as NeutralFinish
-from shared.job import GenerationJob
+from shared.job import GenerationJob, ToolCall
 
 _ERROR_TYPES = {
     ErrorKind.INVALID_REQUEST: "invalid_request_error",
+    ErrorKind.AUTHENTICATION: "invalid_request_error",  # as OpenAI's 401 (code invalid_api_key)
+    ErrorKind.PERMISSION: "permission_error",
     ErrorKind.NOT_FOUND: "invalid_request_error",
     ErrorKind.RATE_LIMITED: "rate_limit_error",
     ErrorKind.UNAVAILABLE: "service_unavailable_error",
@@ -54,8 +68,25 @@ def render_error(error: ApiError) -> JSONResponse:
     )
 
 
-def finish_reason(reason: NeutralFinish) -> FinishReason:
-    return "length" if reason is NeutralFinish.LENGTH else "stop"
+def finish_reason(reason: NeutralFinish, reply: Reply | None = None) -> FinishReason:
+    if reason is NeutralFinish.LENGTH:
+        return "length"
+    return "tool_calls" if reply is not None and reply.calls else "stop"
+
+
+def call_id(call: ToolCall) -> str:
+    return f"call_{call.id}"
+
+
+def tool_calls(reply: Reply) -> list[ResponseToolCall] | None:
+    if not reply.calls:
+        return None
+    return [
+        ResponseToolCall(
+            id=call_id(c), function=ResponseFunction(name=c.name, arguments=arguments_json(c))
+        )
+        for c in reply.calls
+    ]
 
 
 def usage_info(usage: Usage) -> UsageInfo:
@@ -110,19 +141,26 @@ def completion_logprobs(
 
 
 def chat_completion(job: GenerationJob, out: Collected) -> ChatCompletion:
+    choices = []
+    for i, choice in enumerate(out.choices):
+        reply = read_reply(job, choice.text)
+        message = ResponseMessage(
+            content=reply.text if reply.text or not reply.calls else None,
+            tool_calls=tool_calls(reply),
+        )
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=message,
+                finish_reason=finish_reason(choice.finish_reason, reply),
+                logprobs=chat_logprobs(choice.logprobs),
+            )
+        )
     return ChatCompletion(
         id=chat_id(job),
         created=now(),
         model=job.model,
-        choices=[
-            ChatChoice(
-                index=i,
-                message=ResponseMessage(content=choice.text),
-                finish_reason=finish_reason(choice.finish_reason),
-                logprobs=chat_logprobs(choice.logprobs),
-            )
-            for i, choice in enumerate(out.choices)
-        ],
+        choices=choices,
         usage=usage_info(out.done.usage),
     )
 
@@ -158,24 +196,32 @@ class _OpenAIEncoder(StreamEncoder):
         # OpenAI sends `"usage": null` on every chunk only when usage was asked for.
         return format_sse(chunk.model_dump_json(exclude=None if self.include_usage else {"usage"}))
 
-    def _finish(self, choice: int, reason: NeutralFinish) -> bytes:
+    def _finish(self, choice: int, reason: NeutralFinish) -> list[bytes]:
         raise NotImplementedError
 
     def _usage(self, usage: UsageInfo) -> bytes:
         raise NotImplementedError
 
     def choice_end(self, event: ChoiceEndEvent) -> list[bytes]:
-        return [self._finish(event.choice, event.finish_reason)]
+        return self._finish(event.choice, event.finish_reason)
 
     def done(self, event: DoneEvent) -> list[bytes]:
         # n > 1: each choice's finish went out with its ChoiceEndEvent.
-        frames = [self._finish(0, event.finish_reason)] if self.job.n == 1 else []
+        frames = self._finish(0, event.finish_reason) if self.job.n == 1 else []
         if self.include_usage:
             frames.append(self._usage(usage_info(event.usage)))
         return [*frames, DONE_FRAME]
 
 
 class ChatStreamEncoder(_OpenAIEncoder):
+    """Text deltas as they come; tool calls once a choice's output has ended
+    (api/tool_calls.py), each as a chunk with its id, type and name, then one with its
+    arguments."""
+
+    def __init__(self, job: GenerationJob, include_usage: bool) -> None:
+        super().__init__(job, include_usage)
+        self.splitters = [CallSplitter(job) for _ in range(job.n)]
+
     def _chunk(self, choices: list[ChatChunkChoice], usage: UsageInfo | None = None) -> bytes:
         chunk = ChatCompletionChunk(
             id=chat_id(self.job),
@@ -186,24 +232,43 @@ class ChatStreamEncoder(_OpenAIEncoder):
         )
         return self._frame(chunk)
 
+    def _delta(self, choice: int, delta: Delta) -> bytes:
+        return self._chunk([ChatChunkChoice(index=choice, delta=delta)])
+
     def start(self) -> list[bytes]:
-        return [
-            self._chunk([ChatChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
-            for i in range(self.job.n)
-        ]
+        return [self._delta(i, Delta(role="assistant", content="")) for i in range(self.job.n)]
 
     def token(self, event: TokenEvent) -> list[bytes]:
+        text = self.splitters[event.choice].feed(event.text)
+        if not text and event.logprobs is None:
+            return []
         choice = ChatChunkChoice(
             index=event.choice,
-            delta=Delta(content=event.text),
+            delta=Delta(content=text),
             logprobs=chat_logprobs(event.logprobs),
         )
         return [self._chunk([choice])]
 
-    def _finish(self, choice: int, reason: NeutralFinish) -> bytes:
-        return self._chunk(
-            [ChatChunkChoice(index=choice, delta=Delta(), finish_reason=finish_reason(reason))]
+    def _finish(self, choice: int, reason: NeutralFinish) -> list[bytes]:
+        reply = self.splitters[choice].finish()
+        frames = [self._delta(choice, Delta(content=reply.text))] if reply.text else []
+        for index, call in enumerate(reply.calls):
+            named = ToolCallDelta(
+                index=index,
+                id=call_id(call),
+                type="function",
+                function=FunctionDelta(name=call.name, arguments=""),
+            )
+            arguments = ToolCallDelta(
+                index=index, function=FunctionDelta(arguments=arguments_json(call))
+            )
+            frames.append(self._delta(choice, Delta(tool_calls=[named])))
+            frames.append(self._delta(choice, Delta(tool_calls=[arguments])))
+        finish = ChatChunkChoice(
+            index=choice, delta=Delta(), finish_reason=finish_reason(reason, reply)
         )
+        frames.append(self._chunk([finish]))
+        return frames
 
     def _usage(self, usage: UsageInfo) -> bytes:
         return self._chunk([], usage=usage)
@@ -232,10 +297,12 @@ class CompletionStreamEncoder(_OpenAIEncoder):
         )
         return [self._chunk([choice])]
 
-    def _finish(self, choice: int, reason: NeutralFinish) -> bytes:
-        return self._chunk(
-            [CompletionChoice(index=choice, text="", finish_reason=finish_reason(reason))]
-        )
+    def _finish(self, choice: int, reason: NeutralFinish) -> list[bytes]:
+        return [
+            self._chunk(
+                [CompletionChoice(index=choice, text="", finish_reason=finish_reason(reason))]
+            )
+        ]
 
     def _usage(self, usage: UsageInfo) -> bytes:
         return self._chunk([], usage=usage)

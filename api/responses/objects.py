@@ -186,14 +186,3 @@ StreamEvent = Annotated[
     | ErrorEvent,
     Field(discriminator="type"),
 ]
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody

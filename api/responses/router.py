@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from api.deps import RequestIdDep, StateDep
 from api.errors import ContextLengthExceededError
 from api.models import job_for
+from api.openai.serving import render_error as openai_render_error
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import collect, stream_response
 from api.responses import serving
@@ -29,7 +30,7 @@ from api.submit import submit
 from shared.job import Flavour
 
 router = APIRouter(
-    prefix="/v1", route_class=flavour_route_class(serving.render_error, Flavour.RESPONSES)
+    prefix="/v1", route_class=flavour_route_class(openai_render_error, Flavour.RESPONSES)
 )
 
 

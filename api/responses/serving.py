@@ -13,7 +13,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from api.errors import ApiError, BackendUnavailableError, ErrorKind
@@ -22,9 +21,7 @@ from api.responses.items import MessageItem, OutputTextContent
 from api.responses.objects import (
     ContentPartEvent,
     ConversationRef,
-    ErrorBody,
     ErrorEvent,
-    ErrorResponse,
     IncompleteDetails,
     OutputItemEvent,
     ResponseError,
@@ -43,31 +40,6 @@ from shared.events import DoneEvent, FinishReason, TerminalEvent, TokenEvent
 from shared.job import GenerationJob
 
 log = logging.getLogger(__name__)
-
-_ERROR_TYPES = {
-    ErrorKind.INVALID_REQUEST: "invalid_request_error",
-    ErrorKind.NOT_FOUND: "invalid_request_error",
-    ErrorKind.RATE_LIMITED: "rate_limit_error",
-    ErrorKind.UNAVAILABLE: "service_unavailable_error",
-    ErrorKind.TIMEOUT: "timeout_error",
-    ErrorKind.INTERNAL: "server_error",
-}
-
-
-def error_body(error: ApiError) -> ErrorResponse:
-    return ErrorResponse(
-        error=ErrorBody(
-            message=error.message, type=_ERROR_TYPES[error.kind], param=error.param, code=error.code
-        )
-    )
-
-
-def render_error(error: ApiError) -> JSONResponse:
-    """OpenAI's error envelope, as the rest of `/v1`."""
-    return JSONResponse(
-        error_body(error).model_dump(), status_code=error.status, headers=error.headers()
-    )
-
 
 # The codes the SDK's `ResponseError` knows, for a response that failed.
 _FAILURE_CODES = {

@@ -10,7 +10,9 @@ synchronous (RQ's enqueue is); the API runs them in a thread.
 
 import math
 import time
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 from redis import Redis
 from redis.client import Pipeline
@@ -28,22 +30,54 @@ _RESULT_TTL_S = 300
 _FAILURE_TTL_S = 3600
 
 
-def admit(redis: Redis, job: GenerationJob, settings: Settings) -> int | None:
-    """Record and enqueue `job` unless its model is full; None when admitted, else the depth."""
+@dataclass(frozen=True)
+class Refusal:
+    """Why a job was not admitted: its model's queue is full, or its key holds its share."""
+
+    depth: int  # the model's waiting jobs
+    key_waiting: int | None = None  # set when the key's own cap refused it
+    key_cap: int | None = None
+
+
+def key_cap(settings: Settings, model: str, key_max_queued: int | None) -> int:
+    """The most of `model`'s waiting places one API key may hold: its fair share of the
+    model's limit (`tenant_queue_share`, at least one), or less if the key says so."""
+    share = max(1, math.floor(settings.limits(model).max_queued * settings.tenant_queue_share))
+    return share if key_max_queued is None else min(share, key_max_queued)
+
+
+def admit(
+    redis: Redis, job: GenerationJob, settings: Settings, key_max_queued: int | None = None
+) -> Refusal | None:
+    """Record and enqueue `job` unless its model is full, or (a job with a `tenant`) its key
+    already holds its share of the model's waiting places; None when admitted."""
     waiting = keys.waiting_jobs(job.model)
     limit = settings.limits(job.model).max_queued
+    mine = keys.tenant_waiting(job.tenant, job.model) if job.tenant is not None else None
     with redis.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(waiting)  # type: ignore[no-untyped-call]
+                pipe.watch(waiting, *([mine] if mine else []))  # type: ignore[no-untyped-call]
                 now = time.time()
                 depth = int(pipe.zcount(waiting, now, "+inf"))
                 if depth >= limit:
                     pipe.unwatch()
-                    return depth
+                    return Refusal(depth)
+                gone: list[str] = []
+                if mine is not None:
+                    cap = key_cap(settings, job.model, key_max_queued)
+                    held, gone = _key_waiting(pipe, mine, waiting, now)
+                    if held >= cap:
+                        pipe.unwatch()
+                        return Refusal(depth, held, cap)
                 pipe.multi()
                 pipe.zremrangebyscore(waiting, "-inf", now)  # expired ids: housekeeping
                 _enqueue(pipe, redis, job, settings, at_front=False)
+                if mine is not None:
+                    if gone:
+                        pipe.zrem(mine, *gone)
+                    pipe.zadd(mine, {rq_job_id(job.id, job.attempt): job.deadline})
+                    pipe.expire(mine, math.ceil(settings.queue_deadline_s) + 60)
                 pipe.hset(keys.job_record(job.id), mapping=queued_fields(job))
                 pipe.expire(keys.job_record(job.id), settings.record_ttl_s)
                 pipe.execute()
@@ -98,12 +132,23 @@ def reclaim(
                 continue
 
 
+def _key_waiting(pipe: Pipeline, mine: str, waiting: str, now: float) -> tuple[int, list[str]]:
+    """How many of a key's admitted jobs still wait (are in the model's waiting set), and the
+    ids of those that started, left or expired (housekeeping)."""
+    ids = [i.decode() for i in cast(list[bytes], pipe.zrange(mine, 0, -1))]
+    if not ids:
+        return 0, []
+    scores = pipe.zmscore(waiting, ids)
+    live = [score is not None and score > now for score in scores]
+    return sum(live), [i for i, alive in zip(ids, live, strict=True) if not alive]
+
+
 def _enqueue(
     pipe: Pipeline, redis: Redis, job: GenerationJob, settings: Settings, *, at_front: bool
 ) -> None:
     """RQ's enqueue of one attempt, as commands on the caller's MULTI."""
     rq_id = rq_job_id(job.id, job.attempt)
-    model_queue(redis, job.model).enqueue_call(
+    model_queue(redis, job.model, job.priority).enqueue_call(
         func=GENERATE_TASK,
         args=(job.model_dump(mode="json"),),
         job_id=rq_id,

@@ -82,8 +82,8 @@ end
 return 0
 """
 
-# API: a queued job past its deadline never starts. KEYS: record, waiting, RQ queue list.
-# ARGV: now, record ttl.
+# API: a queued job past its deadline never starts. KEYS: record, waiting, RQ queue lists
+# (interactive, batch). ARGV: now, record ttl.
 EXPIRE = _lua("""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
@@ -94,6 +94,7 @@ end
 local rq_id = redis.call('HGET', KEYS[1], 'rq_id')
 redis.call('ZREM', KEYS[2], rq_id)
 redis.call('LREM', KEYS[3], 0, rq_id)
+redis.call('LREM', KEYS[4], 0, rq_id)
 redis.call('HSET', KEYS[1], 'status', '$EXPIRED', 'ended_at', ARGV[1],
            'error', 'deadline_exceeded')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -102,7 +103,7 @@ return '$EXPIRED'
 
 # API: cancel. A queued job leaves the queue at once; a running one is flagged and its worker
 # stops at the next check. Returns the status the job had. KEYS: record, waiting, RQ queue
-# list. ARGV: now, record ttl.
+# lists (interactive, batch). ARGV: now, record ttl.
 CANCEL = _lua("""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
@@ -110,6 +111,7 @@ if status == '$QUEUED' then
   local rq_id = redis.call('HGET', KEYS[1], 'rq_id')
   redis.call('ZREM', KEYS[2], rq_id)
   redis.call('LREM', KEYS[3], 0, rq_id)
+  redis.call('LREM', KEYS[4], 0, rq_id)
   redis.call('HSET', KEYS[1], 'ended_at', ARGV[1])
 elseif status ~= '$RUNNING' then
   return status
@@ -120,16 +122,35 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return status
 """)
 
-# API: how many live waiting jobs are ahead of this attempt in its RQ queue (-1: not in it).
-# KEYS: RQ queue list, waiting. ARGV: rq id, now.
+# API: how many live waiting jobs are ahead of this attempt: in its own RQ queue, and for a
+# batch job all live interactive ones too (workers take those first); -1: not queued.
+# KEYS: interactive list, batch list, waiting. ARGV: rq id, now.
 POSITION = """
+local function live(id)
+  local deadline = redis.call('ZSCORE', KEYS[3], id)
+  return deadline and tonumber(deadline) > tonumber(ARGV[2])
+end
 local ahead = 0
 for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
   if id == ARGV[1] then return ahead end
-  local deadline = redis.call('ZSCORE', KEYS[2], id)
-  if deadline and tonumber(deadline) > tonumber(ARGV[2]) then ahead = ahead + 1 end
+  if live(id) then ahead = ahead + 1 end
+end
+for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  if id == ARGV[1] then return ahead end
+  if live(id) then ahead = ahead + 1 end
 end
 return -1
+"""
+
+# Worker: the queue deadline of the oldest batch job still queued for the model (its age
+# decides whether it goes before the interactive ones); -1 when there is none.
+# KEYS: batch list, waiting.
+OLDEST_BATCH = """
+local id = redis.call('LINDEX', KEYS[1], 0)
+if not id then return -1 end
+local deadline = redis.call('ZSCORE', KEYS[2], id)
+if not deadline then return -1 end
+return tostring(deadline)
 """
 
 
@@ -147,6 +168,7 @@ class WorkerScripts:
         self._claim = redis.register_script(CLAIM_OUTPUT)
         self._end = redis.register_script(END)
         self._acquire = redis.register_script(ACQUIRE_SLOT)
+        self._oldest_batch = redis.register_script(OLDEST_BATCH)
 
     def begin(
         self, job: GenerationJob, worker_id: str, now: float, lease_until: float, ttl_s: int
@@ -204,6 +226,14 @@ class WorkerScripts:
             )
         )
 
+    def oldest_batch_deadline(self, model: str) -> float | None:
+        """The queue deadline of the job at the head of the model's batch queue, if any."""
+        raw = self._oldest_batch(
+            keys=[keys.rq_queue_key(model, batch=True), keys.waiting_jobs(model)]
+        )
+        value = float(raw.decode() if isinstance(raw, bytes) else raw)
+        return None if value < 0 else value
+
 
 class ApiScripts:
     """The API's scripts, on its asynchronous client."""
@@ -219,6 +249,7 @@ class ApiScripts:
                 keys.job_record(record.id),
                 keys.waiting_jobs(record.model),
                 keys.rq_queue_key(record.model),
+                keys.rq_queue_key(record.model, batch=True),
             ],
             args=[now, ttl_s],
         )
@@ -226,14 +257,23 @@ class ApiScripts:
 
     async def cancel(self, job_id: str, model: str, now: float, ttl_s: int) -> JobStatus | None:
         raw = await self._cancel(
-            keys=[keys.job_record(job_id), keys.waiting_jobs(model), keys.rq_queue_key(model)],
+            keys=[
+                keys.job_record(job_id),
+                keys.waiting_jobs(model),
+                keys.rq_queue_key(model),
+                keys.rq_queue_key(model, batch=True),
+            ],
             args=[now, ttl_s],
         )
         return status_or_none(raw)
 
     async def position(self, record: JobRecord, now: float) -> int:
         raw = await self._position(
-            keys=[keys.rq_queue_key(record.model), keys.waiting_jobs(record.model)],
+            keys=[
+                keys.rq_queue_key(record.model),
+                keys.rq_queue_key(record.model, batch=True),
+                keys.waiting_jobs(record.model),
+            ],
             args=[record.rq_id, now],
         )
         return int(raw)

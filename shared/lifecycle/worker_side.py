@@ -20,6 +20,7 @@ from shared.job import GenerationJob
 from shared.lifecycle.record import JobStatus
 from shared.lifecycle.scripts import WorkerScripts
 from shared.settings import WorkerSettings
+from shared.tenancy.quota import charge_generated
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class RedisJobControl:
         self._worker_id = worker_id
         self._settings = settings
         self._scripts = WorkerScripts(redis)
+        self._redis = redis
         self.running = running or RunningJobs(redis, worker_id, settings.cancel_check_s)
 
     def begin(self, job: GenerationJob) -> StartDecision:
@@ -127,6 +129,10 @@ class RedisJobControl:
 
     def end(self, job: GenerationJob, terminal: TerminalEvent) -> bool:
         self.running.remove(job)
+        if job.tenant is not None and isinstance(terminal, DoneEvent):
+            # The key's token quota learns what the job generated (its prompt was charged at
+            # admission); a job whose worker died is not charged its partial output.
+            charge_generated(self._redis, job.tenant, job.id, terminal.usage.completion_tokens)
         now = time.time()
         return self._scripts.end(
             job,

@@ -28,7 +28,7 @@ from api.state import AppState
 from shared import keys, registry
 from shared.lifecycle.worker_side import RedisJobControl
 from shared.model_facts import ModelFacts
-from shared.queues import model_queue
+from shared.queues import model_queue, model_queues
 from shared.registry import WorkerInfo
 from shared.settings import ApiSettings, WorkerSettings
 from tests.fakes import EOS, FakeEngine, FakeTokenizers
@@ -156,7 +156,7 @@ class Harness:
         """Perform every queued job with the real worker class, then return."""
         control = RedisJobControl(self.redis, WORKER_ID, WorkerSettings(model=MODEL))
         runner = JobRunner(self.engine, RedisPublisher(self.redis), control)
-        ModelWorker(runner, model_queue(self.redis, MODEL)).work(burst=True, with_scheduler=False)
+        ModelWorker(runner, model_queues(self.redis, MODEL)).work(burst=True, with_scheduler=False)
 
     async def submit(
         self, path: str, body: dict[str, object], headers: dict[str, str] | None = None

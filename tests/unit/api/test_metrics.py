@@ -16,6 +16,7 @@ from api.observe import RequestObservation
 from shared import keys, registry
 from shared.events import DoneEvent, FinishReason, Timings, Usage
 from shared.job import Flavour, GenerationJob
+from shared.lifecycle.admission import Refusal
 from shared.metrics import ApiMetrics
 from shared.queues import model_queue
 from shared.settings import Settings
@@ -67,8 +68,8 @@ async def test_n_requests_count_n_with_tokens_and_latencies(harness: Harness) ->
 async def test_queue_full_is_a_429_counted_with_its_reason(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(*_args: object) -> int:  # another replica filled the queue after the early check
-        return 64
+    def full(*_args: object) -> Refusal:  # another replica filled it after the early check
+        return Refusal(64)
 
     monkeypatch.setattr(submit, "admit", full)
     response = await harness.client.post("/v1/chat/completions", json=CHAT)
@@ -151,9 +152,11 @@ async def test_request_id_is_returned_and_reaches_the_job(
     enqueued: list[GenerationJob] = []
     admit = submit.admit
 
-    def recording(redis: Redis, job: GenerationJob, settings: Settings) -> int | None:
+    def recording(
+        redis: Redis, job: GenerationJob, settings: Settings, cap: int | None = None
+    ) -> Refusal | None:
         enqueued.append(job)
-        return admit(redis, job, settings)
+        return admit(redis, job, settings, cap)
 
     monkeypatch.setattr(submit, "admit", recording)
     harness.client.headers["X-Request-ID"] = "trace-42"

@@ -172,10 +172,10 @@ async def test_empty_prompt_loads_the_model_without_a_job(harness: Harness) -> N
 @pytest.mark.parametrize(
     ("path", "change", "words"),
     [
-        ("/api/chat", {"format": "json"}, "format"),
+        ("/api/chat", {"format": "yaml"}, "format"),
         ("/api/chat", {"tools": [{"type": "function"}]}, "tool"),
         ("/api/chat", {"think": True}, "thinking"),
-        ("/api/chat", {"messages": [{"role": "tool", "content": "x"}]}, "role"),
+        ("/api/chat", {"messages": [{"role": "robot", "content": "x"}]}, "role"),
         (
             "/api/chat",
             {"messages": [{"role": "user", "content": "x", "images": ["AAAA"]}]},

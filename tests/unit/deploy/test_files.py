@@ -148,10 +148,14 @@ def test_every_model_has_a_worker_deployment_scaled_by_keda_on_its_queue() -> No
         scaler = scaled[deployment["metadata"]["name"]]
         assert scaler["apiVersion"] == "keda.sh/v1alpha1"
         assert scaler["spec"]["minReplicaCount"] >= 1  # see the comment in the manifest
-        (trigger,) = scaler["spec"]["triggers"]
-        assert trigger["type"] == "redis"
-        assert trigger["metadata"]["listName"] == keys.rq_queue_key(model)
-        assert int(trigger["metadata"]["listLength"]) >= 1
+        triggers = scaler["spec"]["triggers"]
+        assert [t["metadata"]["listName"] for t in triggers] == [
+            keys.rq_queue_key(model),
+            keys.rq_queue_key(model, batch=True),
+        ]
+        for trigger in triggers:
+            assert trigger["type"] == "redis"
+            assert int(trigger["metadata"]["listLength"]) >= 1
 
 
 def test_dashboard_uses_the_provisioned_datasource() -> None:
