@@ -194,6 +194,10 @@ class WorkerSettings(Settings):
     cancel_check_s: float = Field(
         default=0.02, gt=0, description="How often a running job checks whether it was cancelled."
     )
+    embeddings: bool = Field(
+        default=True,
+        description="Serve embedding jobs too (in the generation context, between its steps).",
+    )
 
     def gguf_path(self) -> Path:
         return self.gguf if self.gguf is not None else default_gguf_path()

@@ -11,6 +11,7 @@ synchronous (RQ's enqueue is); the API runs them in a thread.
 import math
 import time
 from enum import StrEnum
+from typing import TypeVar
 
 from redis import Redis
 from redis.client import Pipeline
@@ -19,16 +20,16 @@ from redis.typing import EncodableT, FieldT
 
 from shared import keys
 from shared.events import ErrorCode
-from shared.job import GenerationJob
+from shared.job import AnyJob, EmbeddingJob, GenerationJob
 from shared.lifecycle.record import JobRecord, JobStatus, queued_fields, rq_job_id
-from shared.queues import GENERATE_TASK, model_queue
+from shared.queues import model_queue, task_of
 from shared.settings import Settings
 
 _RESULT_TTL_S = 300
 _FAILURE_TTL_S = 3600
 
 
-def admit(redis: Redis, job: GenerationJob, settings: Settings) -> int | None:
+def admit(redis: Redis, job: AnyJob, settings: Settings) -> int | None:
     """Record and enqueue `job` unless its model is full; None when admitted, else the depth."""
     waiting = keys.waiting_jobs(job.model)
     limit = settings.limits(job.model).max_queued
@@ -58,9 +59,12 @@ class Reclaimed(StrEnum):
     NOT_NEEDED = "not_needed"  # the job was no longer running on that worker
 
 
+J = TypeVar("J", GenerationJob, EmbeddingJob)
+
+
 def reclaim(
-    redis: Redis, job: GenerationJob, dead_worker: str, settings: Settings
-) -> tuple[Reclaimed, GenerationJob]:
+    redis: Redis, job: J, dead_worker: str, settings: Settings
+) -> tuple[Reclaimed, J]:
     """The job's worker died: run it again at the front of its queue if no token was sent and
     attempts are left, else record it failed. Returns what happened and the job as it is now."""
     record_key = keys.job_record(job.id)
@@ -99,12 +103,12 @@ def reclaim(
 
 
 def _enqueue(
-    pipe: Pipeline, redis: Redis, job: GenerationJob, settings: Settings, *, at_front: bool
+    pipe: Pipeline, redis: Redis, job: AnyJob, settings: Settings, *, at_front: bool
 ) -> None:
     """RQ's enqueue of one attempt, as commands on the caller's MULTI."""
     rq_id = rq_job_id(job.id, job.attempt)
     model_queue(redis, job.model).enqueue_call(
-        func=GENERATE_TASK,
+        func=task_of(job),
         args=(job.model_dump(mode="json"),),
         job_id=rq_id,
         timeout=settings.job_timeout_s,
