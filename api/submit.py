@@ -8,14 +8,14 @@ before anyone listens.
 
 import anyio
 
-from api.errors import ContextLengthExceededError, QueueFullError
+from api.errors import ContextLengthExceededError, InvalidRequestError, QueueFullError
 from api.inbox import Inbox
 from api.models import require_live_worker
 from api.observe import RequestObservation
 from api.state import AppState
 from api.stream import JobStream
-from shared.context import ContextOverflowError, effective_context, output_room
-from shared.job import GenerationJob
+from shared.context import ContextOverflowError, caps_max_tokens, effective_context, output_room
+from shared.job import AnyJob, EmbeddingJob, GenerationJob
 from shared.lifecycle.admission import admit
 from shared.lifecycle.queue import QueueDepth, queue_depth
 from shared.registry import WorkerInfo
@@ -34,6 +34,42 @@ async def submit(
     await _refuse_if_full(state, job.model)
     workers = await require_live_worker(state, job.model)
     prompt_tokens = await _check_context(state, job, workers)
+    return await _enqueue(state, job, prompt_tokens, observation)
+
+
+async def submit_embedding(
+    state: AppState, job: EmbeddingJob, observation: RequestObservation | None = None
+) -> JobStream:
+    """As `submit`, for an embedding job: 400 when no live worker of the model embeds, or
+    when `dimensions` asks for another length than its vectors have. Each input's length is
+    checked by the worker, which tokenizes it."""
+    if observation is not None:
+        observation.submitted(job)
+    await _refuse_if_full(state, job.model)
+    dims = embedding_dims(await require_live_worker(state, job.model), job.model)
+    if job.dimensions is not None and job.dimensions != dims:
+        raise InvalidRequestError(
+            f"the model '{job.model}' gives vectors of {dims} dimensions; "
+            f"{job.dimensions} cannot be honoured",
+            param="dimensions",
+        )
+    return await _enqueue(state, job, 0, observation)
+
+
+def embedding_dims(workers: list[WorkerInfo], model: str) -> int:
+    """The length of the model's embedding vectors; 400 when none of its workers embeds."""
+    dims = {w.embedding_dims for w in workers if w.embedding_dims is not None}
+    if not dims:
+        raise InvalidRequestError(
+            f"the model '{model}' does not produce embeddings (its workers do not serve them)",
+            param="model",
+        )
+    return min(dims)
+
+
+async def _enqueue(
+    state: AppState, job: AnyJob, prompt_tokens: int, observation: RequestObservation | None
+) -> JobStream:
     inbox = Inbox()
     await state.hub.subscribe(job.id, inbox)  # returns once Redis confirmed it
     try:
@@ -73,7 +109,7 @@ async def _check_context(state: AppState, job: GenerationJob, workers: list[Work
     n_ctx = effective_context(min(w.n_ctx for w in workers), job.n_ctx)
     prompt = await state.tokenizers.count(job, n_ctx)
     try:
-        output_room(n_ctx, prompt, job.sampling.max_tokens)
+        output_room(n_ctx, prompt, job.sampling.max_tokens, cap=caps_max_tokens(job.flavour))
     except ContextOverflowError as exc:
         blamed = "prompt" if job.prompt is not None else "messages"
         raise ContextLengthExceededError(

@@ -1,9 +1,8 @@
 """The events a worker publishes for one job: tokens, then exactly one terminal event."""
 
+import base64
 from enum import StrEnum
 from typing import Annotated, Literal
-
-import base64
 
 import numpy as np
 import numpy.typing as npt

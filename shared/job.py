@@ -209,6 +209,9 @@ class EmbeddingJob(QueuedJob):
     n_ctx: int | None = Field(
         default=None, ge=1, description="A context smaller than the worker's (Ollama's num_ctx)."
     )
+    dimensions: int | None = Field(
+        default=None, ge=1, description="The vectors' length the client expects (None: any)."
+    )
 
 
 AnyJob = GenerationJob | EmbeddingJob

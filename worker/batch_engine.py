@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from shared.job import GenerationJob, SamplingParams
 from shared.tokenizer import PromptTokenizer
+from worker.embedding import MeanPool, Vector, chunks, pack
 from worker.engine import (
     EngineBusyError,
     EngineCheckError,
@@ -40,7 +41,6 @@ from worker.engine import (
     Sampled,
     StepStats,
 )
-from worker.embedding import MeanPool, Vector, chunks, pack
 from worker.engine_check import CHECK_MESSAGES, check_decoding
 from worker.llama_engine import quantization
 from worker.llama_native import (

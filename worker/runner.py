@@ -12,7 +12,12 @@ from collections.abc import Callable
 from typing import Protocol
 
 from shared import logs
-from shared.context import ContextOverflowError, effective_context, output_room
+from shared.context import (
+    ContextOverflowError,
+    caps_max_tokens,
+    effective_context,
+    output_room,
+)
 from shared.events import (
     DoneEvent,
     EmbeddingsEvent,
@@ -309,7 +314,9 @@ class JobRunner:
     def _max_tokens(self, job: GenerationJob, prompt_len: int) -> int:
         n_ctx = effective_context(self.engine.info.n_ctx, job.n_ctx)
         try:
-            return output_room(n_ctx, prompt_len, job.sampling.max_tokens)
+            return output_room(
+                n_ctx, prompt_len, job.sampling.max_tokens, cap=caps_max_tokens(job.flavour)
+            )
         except ContextOverflowError as exc:
             raise JobError(ErrorCode.CONTEXT_LENGTH_EXCEEDED, str(exc)) from exc
 

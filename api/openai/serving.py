@@ -1,5 +1,7 @@
 """Neutral events to OpenAI responses and stream chunks."""
 
+from typing import Literal
+
 from fastapi.responses import JSONResponse
 
 from api.errors import ApiError, ErrorKind
@@ -11,6 +13,9 @@ from api.openai.protocol import (
     Completion,
     CompletionChoice,
     Delta,
+    EmbeddingData,
+    EmbeddingList,
+    EmbeddingUsage,
     ErrorBody,
     ErrorResponse,
     FinishReason,
@@ -20,9 +25,9 @@ from api.openai.protocol import (
 )
 from api.relay import StreamEncoder
 from api.sse import format_sse
-from shared.events import DoneEvent, TokenEvent, Usage
+from shared.events import DoneEvent, EmbeddingsEvent, TokenEvent, Usage, decode_vector
 from shared.events import FinishReason as NeutralFinish
-from shared.job import GenerationJob
+from shared.job import EmbeddingJob, GenerationJob
 
 _ERROR_TYPES = {
     ErrorKind.INVALID_REQUEST: "invalid_request_error",
@@ -89,6 +94,22 @@ def completion(job: GenerationJob, text: str, done: DoneEvent) -> Completion:
         model=job.model,
         choices=[CompletionChoice(text=text, finish_reason=finish_reason(done))],
         usage=usage_info(done.usage),
+    )
+
+
+def embedding_list(
+    job: EmbeddingJob, event: EmbeddingsEvent, encoding: Literal["float", "base64"]
+) -> EmbeddingList:
+    """The vectors in OpenAI's list; base64 is the event's own little-endian float32."""
+    return EmbeddingList(
+        data=[
+            EmbeddingData(index=i, embedding=v if encoding == "base64" else decode_vector(v))
+            for i, v in enumerate(event.vectors)
+        ],
+        model=job.model,
+        usage=EmbeddingUsage(
+            prompt_tokens=event.usage.prompt_tokens, total_tokens=event.usage.prompt_tokens
+        ),
     )
 
 

@@ -11,7 +11,6 @@ synchronous (RQ's enqueue is); the API runs them in a thread.
 import math
 import time
 from enum import StrEnum
-from typing import TypeVar
 
 from redis import Redis
 from redis.client import Pipeline
@@ -20,7 +19,7 @@ from redis.typing import EncodableT, FieldT
 
 from shared import keys
 from shared.events import ErrorCode
-from shared.job import AnyJob, EmbeddingJob, GenerationJob
+from shared.job import AnyJob
 from shared.lifecycle.record import JobRecord, JobStatus, queued_fields, rq_job_id
 from shared.queues import model_queue, task_of
 from shared.settings import Settings
@@ -59,12 +58,9 @@ class Reclaimed(StrEnum):
     NOT_NEEDED = "not_needed"  # the job was no longer running on that worker
 
 
-J = TypeVar("J", GenerationJob, EmbeddingJob)
-
-
 def reclaim(
-    redis: Redis, job: J, dead_worker: str, settings: Settings
-) -> tuple[Reclaimed, J]:
+    redis: Redis, job: AnyJob, dead_worker: str, settings: Settings
+) -> tuple[Reclaimed, AnyJob]:
     """The job's worker died: run it again at the front of its queue if no token was sent and
     attempts are left, else record it failed. Returns what happened and the job as it is now."""
     record_key = keys.job_record(job.id)

@@ -24,11 +24,13 @@ DIMS = 576  # SmolLM2-135M's hidden size
 CHUNK = 32
 
 
-def make_engine(unified: bool, prefill_chunk: int = CHUNK, **kwargs: object) -> BatchEngine:
+def make_engine(
+    unified: bool, prefill_chunk: int = CHUNK, seq_ctx: int = 512, **kwargs: object
+) -> BatchEngine:
     return BatchEngine(
         default_gguf_path(),
         slots=3,
-        n_ctx=3 * 512,
+        n_ctx=3 * seq_ctx,
         threads=2,
         n_gpu_layers=0,
         flash_attn=False,
@@ -189,23 +191,28 @@ def test_embedding_jobs_run_through_the_scheduler_beside_a_generation(
     assert done.type == "done" and done.usage.completion_tokens == 40
 
 
-def test_embedding_jobs_refuse_what_does_not_fit(engine: BatchEngine) -> None:
+def test_embedding_jobs_refuse_what_does_not_fit() -> None:
+    engine = make_engine(unified=False, prefill_chunk=128, seq_ctx=128)
     publisher = RecordingPublisher()
-    long = "word " * 600  # beyond one slot's 512 tokens
-    with Scheduler(engine) as scheduler:
-        slot_engine = SlotEngine(scheduler)
-        runner = JobRunner(slot_engine, publisher, embedder=slot_engine)
-        too_long = runner.run(embedding_job("fine", long))
-        bad_id = runner.run(embedding_job([1, 2, 10**6]))
-        cut = runner.run(embedding_job(long, truncate=True))
+    n_ctx = engine.info.n_ctx  # one slot's cells (llama.cpp rounds the context up)
+    long = "word " * (n_ctx + 50)
+    try:
+        with Scheduler(engine) as scheduler:
+            slot_engine = SlotEngine(scheduler)
+            runner = JobRunner(slot_engine, publisher, embedder=slot_engine)
+            too_long = runner.run(embedding_job("fine", long))
+            bad_id = runner.run(embedding_job([1, 2, 10**6]))
+            cut = runner.run(embedding_job(long, truncate=True))
+    finally:
+        engine.close()
     assert isinstance(too_long, ErrorEvent)
     assert too_long.code is ErrorCode.CONTEXT_LENGTH_EXCEEDED and "input 1" in too_long.message
     assert isinstance(bad_id, ErrorEvent) and bad_id.code is ErrorCode.INVALID_REQUEST
-    assert isinstance(cut, EmbeddingsEvent) and cut.usage.prompt_tokens == 512
+    assert isinstance(cut, EmbeddingsEvent) and cut.usage.prompt_tokens == n_ctx
 
 
 def test_an_engine_without_embeddings_refuses_embedding_jobs() -> None:
-    engine = make_engine(unified=False, embeddings=False)
+    engine = make_engine(unified=False, seq_ctx=128, embeddings=False)
     try:
         assert engine.info.embedding_dims is None
         with Scheduler(engine) as scheduler:
