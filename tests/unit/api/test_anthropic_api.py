@@ -9,7 +9,7 @@ from api.anthropic import serving
 from api.anthropic.protocol import MessagesRequest
 from api.errors import ApiError, ErrorKind, NoWorkerError, QueueFullError
 from tests.fakes import EOS
-from tests.unit.api.harness import N_CTX, MODEL, Harness
+from tests.unit.api.harness import MODEL, N_CTX, Harness
 
 BODY = {"model": MODEL, "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
 
