@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from api.errors import ApiError, from_event
 from api.sse import PING, format_comment
 from api.stream import JobStream, KeepAlive, Notice, Queued
-from shared.events import DoneEvent, ErrorEvent, Event, TerminalEvent, TokenEvent
+from shared.events import DoneEvent, EmbeddingsEvent, ErrorEvent, Event, TerminalEvent, TokenEvent
 
 T = TypeVar("T")
 
@@ -28,9 +28,20 @@ async def collect(stream: JobStream) -> tuple[str, DoneEvent]:
                 parts.append(event.text)
             elif isinstance(event, ErrorEvent):
                 raise from_event(event)
-            else:
+            elif isinstance(event, DoneEvent):
                 return "".join(parts), event
-    raise AssertionError("a job stream always ends with a terminal event")
+    raise AssertionError("a generation job's stream ends with a done or an error event")
+
+
+async def collect_embeddings(stream: JobStream) -> EmbeddingsEvent:
+    """An embedding job's vectors; a worker error is raised as an ApiError."""
+    async with stream:
+        async for event in stream.events():
+            if isinstance(event, ErrorEvent):
+                raise from_event(event)
+            if isinstance(event, EmbeddingsEvent):
+                return event
+    raise AssertionError("an embedding job's stream ends with its vectors or an error")
 
 
 class StreamEncoder:
@@ -141,4 +152,6 @@ def _encode(encoder: StreamEncoder, item: Event | Notice) -> list[bytes]:
         return encoder.token(item)
     if isinstance(item, DoneEvent):
         return encoder.done(item)
+    if isinstance(item, EmbeddingsEvent):  # never streamed: no frame for it
+        return []
     return encoder.error(from_event(item))

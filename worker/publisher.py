@@ -15,11 +15,11 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.events import DoneEvent, ErrorEvent, TokenEvent
+from shared.events import DoneEvent, EmbeddingsEvent, ErrorEvent, TokenEvent
 
 log = logging.getLogger(__name__)
 
-Event = TokenEvent | DoneEvent | ErrorEvent
+Event = TokenEvent | DoneEvent | EmbeddingsEvent | ErrorEvent
 
 
 class RedisPublisher:

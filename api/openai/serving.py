@@ -1,5 +1,7 @@
 """Neutral events to OpenAI responses and stream chunks."""
 
+from typing import Literal
+
 from fastapi.responses import JSONResponse
 
 from api.errors import ApiError, ErrorKind
@@ -11,6 +13,9 @@ from api.openai.protocol import (
     Completion,
     CompletionChoice,
     Delta,
+    EmbeddingData,
+    EmbeddingList,
+    EmbeddingUsage,
     ErrorBody,
     ErrorResponse,
     FinishReason,
@@ -25,9 +30,9 @@ from api.openai.protocol import (
 from api.relay import StreamEncoder
 from api.sse import format_sse
 from api.tool_calls import CallSplitter, Reply, arguments_json, read_reply
-from shared.events import DoneEvent, TokenEvent, Usage
+from shared.events import DoneEvent, EmbeddingsEvent, TokenEvent, Usage, decode_vector
 from shared.events import FinishReason as NeutralFinish
-from shared.job import GenerationJob, ToolCall
+from shared.job import EmbeddingJob, GenerationJob, ToolCall
 
 _ERROR_TYPES = {
     ErrorKind.INVALID_REQUEST: "invalid_request_error",
@@ -116,6 +121,22 @@ def completion(job: GenerationJob, text: str, done: DoneEvent) -> Completion:
         model=job.model,
         choices=[CompletionChoice(text=text, finish_reason=finish_reason(done))],
         usage=usage_info(done.usage),
+    )
+
+
+def embedding_list(
+    job: EmbeddingJob, event: EmbeddingsEvent, encoding: Literal["float", "base64"]
+) -> EmbeddingList:
+    """The vectors in OpenAI's list; base64 is the event's own little-endian float32."""
+    return EmbeddingList(
+        data=[
+            EmbeddingData(index=i, embedding=v if encoding == "base64" else decode_vector(v))
+            for i, v in enumerate(event.vectors)
+        ],
+        model=job.model,
+        usage=EmbeddingUsage(
+            prompt_tokens=event.usage.prompt_tokens, total_tokens=event.usage.prompt_tokens
+        ),
     )
 
 
