@@ -14,6 +14,7 @@ from api.ollama import serving as ollama_serving
 from api.ollama.router import router as ollama_router
 from api.openai import serving as openai_serving
 from api.openai.router import router as openai_router
+from api.openai.router import tokenizer_router
 from api.pipeline import unrouted_error_handler
 from api.request_id import RequestIdMiddleware
 from api.responses.router import router as responses_router
@@ -40,6 +41,7 @@ def create_app(settings: ApiSettings | None = None, state: AppState | None = Non
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(openai_router)
+    app.include_router(tokenizer_router)
     app.include_router(anthropic_router)
     app.include_router(ollama_router)
     app.include_router(responses_router)

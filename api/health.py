@@ -17,6 +17,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
+@router.get("/health")  # llama.cpp's and vLLM's probe path
 async def readyz(state: StateDep) -> JSONResponse:
     """Redis answers and at least one model has a live worker."""
     try:

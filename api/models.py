@@ -14,7 +14,7 @@ from api.errors import ModelNotFoundError, NoWorkerError
 from api.state import AppState
 from api.wire import JobRequest
 from shared import registry
-from shared.job import GenerationJob
+from shared.job import EmbeddingJob, GenerationJob
 from shared.model_facts import ModelFacts
 from shared.model_registry import store
 from shared.model_registry.entry import GenerationDefaults, ModelEntry
@@ -46,6 +46,11 @@ async def job_for(
         return job
     sampling = entry.defaults.apply(job.sampling, _sent(body, entry.defaults))
     return job.model_copy(update={"model": entry.name, "sampling": sampling})
+
+
+async def embedding_job_for(state: AppState, job: EmbeddingJob) -> EmbeddingJob:
+    """The embedding job for its model's canonical name (an alias resolved)."""
+    return job.model_copy(update={"model": await canonical(state, job.model)})
 
 
 def _sent(body: JobRequest, defaults: GenerationDefaults) -> set[str]:

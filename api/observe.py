@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from api.auth import Caller
 from shared import logs
 from shared.events import Event, TerminalEvent
-from shared.job import Flavour, GenerationJob
+from shared.job import Flavour, QueuedJob
 from shared.metrics import CLIENT_CLOSED, ApiMetrics, RejectReason
 
 log = logging.getLogger("tokenq.requests")
@@ -30,7 +30,7 @@ class RequestObservation:
         self.flavour = flavour
         self._counted = counted
         self._arrived = time.time()  # TTFT and end-to-end latency count from here
-        self.job: GenerationJob | None = None
+        self.job: QueuedJob | None = None
         self.terminal: TerminalEvent | None = None
         self._last_token: float | None = None
         self._first_token_s: float | None = None
@@ -39,7 +39,7 @@ class RequestObservation:
         self.caller: Caller | None = None  # set once authenticated (api/auth.py)
         metrics.in_flight.labels(flavour).inc()
 
-    def submitted(self, job: GenerationJob) -> None:
+    def submitted(self, job: QueuedJob) -> None:
         self.job = job
         logs.bind(job_id=job.id, model=job.model)
 
@@ -58,7 +58,7 @@ class RequestObservation:
         if event.type == "choice_end":  # one of n sequences; the job goes on
             return
         self.terminal = event
-        if event.type == "done":
+        if event.type in ("done", "embeddings"):
             model = self._model
             self._metrics.queue_time.labels(model).observe(event.timings.queued)
             self._metrics.prompt_tokens.labels(model).inc(event.usage.prompt_tokens)
@@ -121,6 +121,9 @@ class RequestObservation:
             fields["prompt_tokens"] = self.terminal.usage.prompt_tokens
             fields["completion_tokens"] = self.terminal.usage.completion_tokens
             fields["finish_reason"] = str(self.terminal.finish_reason)
+        elif self.terminal is not None and self.terminal.type == "embeddings":
+            fields["prompt_tokens"] = self.terminal.usage.prompt_tokens
+            fields["inputs"] = len(self.terminal.vectors)
         log.info("request finished", extra=fields)
 
 

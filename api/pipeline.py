@@ -104,7 +104,7 @@ def _status(terminal: TerminalEvent | None) -> int:
     """A streamed request's status: 200, its in-stream error's, or 499 if it never ended."""
     if terminal is None:
         return CLIENT_CLOSED
-    return 200 if terminal.type == "done" else from_event(terminal).status
+    return from_event(terminal).status if terminal.type == "error" else 200
 
 
 class CappedRequest(Request):

@@ -16,6 +16,7 @@ from api.stream import JobStream, KeepAlive, Notice, Queued
 from shared.events import (
     ChoiceEndEvent,
     DoneEvent,
+    EmbeddingsEvent,
     ErrorEvent,
     Event,
     FinishReason,
@@ -23,6 +24,7 @@ from shared.events import (
     TokenEvent,
     TokenLogprob,
 )
+from shared.job import GenerationJob
 
 T = TypeVar("T")
 
@@ -51,7 +53,9 @@ class Collected:
 
 async def collect(stream: JobStream) -> Collected:
     """The whole output and the done event; a worker error is raised as an ApiError."""
-    n = stream.job.n
+    job = stream.job
+    assert isinstance(job, GenerationJob), "an embedding job's stream has no text"
+    n = job.n
     async with stream:
         parts: list[list[str]] = [[] for _ in range(n)]
         logprobs: list[list[TokenLogprob] | None] = [None] * n
@@ -67,8 +71,8 @@ async def collect(stream: JobStream) -> Collected:
                 ends[event.choice] = event
             elif isinstance(event, ErrorEvent):
                 raise from_event(event)
-            else:
-                if stream.job.sampling.logprobs is not None:  # asked: a list, maybe empty
+            elif isinstance(event, DoneEvent):
+                if job.sampling.logprobs is not None:  # asked: a list, maybe empty
                     logprobs = [entries or [] for entries in logprobs]
                 choices = []
                 for i in range(n):
@@ -82,7 +86,18 @@ async def collect(stream: JobStream) -> Collected:
                         )
                     )
                 return Collected(choices, event)
-    raise AssertionError("a job stream always ends with a terminal event")
+    raise AssertionError("a generation job's stream ends with a done or an error event")
+
+
+async def collect_embeddings(stream: JobStream) -> EmbeddingsEvent:
+    """An embedding job's vectors; a worker error is raised as an ApiError."""
+    async with stream:
+        async for event in stream.events():
+            if isinstance(event, ErrorEvent):
+                raise from_event(event)
+            if isinstance(event, EmbeddingsEvent):
+                return event
+    raise AssertionError("an embedding job's stream ends with its vectors or an error")
 
 
 class StreamEncoder:
@@ -198,4 +213,6 @@ def _encode(encoder: StreamEncoder, item: Event | Notice) -> list[bytes]:
         return encoder.choice_end(item)
     if isinstance(item, DoneEvent):
         return encoder.done(item)
+    if isinstance(item, EmbeddingsEvent):  # never streamed: no frame for it
+        return []
     return encoder.error(from_event(item))

@@ -24,13 +24,14 @@ from api.state import AppState
 from shared.events import (
     ChoiceEndEvent,
     DoneEvent,
+    EmbeddingsEvent,
     ErrorCode,
     ErrorEvent,
     Event,
     TokenEvent,
     parse_event,
 )
-from shared.job import GenerationJob
+from shared.job import AnyJob
 from shared.lifecycle import JobRecord, JobStatus
 from shared.lifecycle.admission import Reclaimed, reclaim
 
@@ -71,7 +72,7 @@ class JobStream:
         self,
         state: AppState,
         inbox: Inbox,
-        job: GenerationJob,
+        job: AnyJob,
         prompt_tokens: int,
         observation: RequestObservation | None = None,
     ) -> None:
@@ -128,7 +129,7 @@ class JobStream:
                 item = ErrorEvent(
                     code=ErrorCode.BACKEND_UNAVAILABLE, message="the queue backend is unavailable"
                 )
-            if isinstance(item, DoneEvent | ErrorEvent):
+            if isinstance(item, DoneEvent | EmbeddingsEvent | ErrorEvent):
                 self._ended = True
             if self._observation is not None and not isinstance(item, Queued | KeepAlive):
                 self._observation.event(item)

@@ -6,6 +6,8 @@ confirmed, and only then admits and enqueues, so not even the first token can be
 before anyone listens.
 """
 
+from typing import TypeVar
+
 import anyio
 
 from api.auth import Caller
@@ -23,12 +25,14 @@ from api.observe import RequestObservation
 from api.ratelimit import rate_limit_headers
 from api.state import AppState
 from api.stream import JobStream
-from shared.context import ContextOverflowError, effective_context, output_room
-from shared.job import GenerationJob
+from shared.context import ContextOverflowError, caps_max_tokens, effective_context, output_room
+from shared.job import AnyJob, EmbeddingJob, GenerationJob
 from shared.lifecycle.admission import Refusal, admit
 from shared.lifecycle.queue import QueueDepth, queue_depth
 from shared.registry import WorkerInfo
 from shared.tenancy.quota import Limit
+
+_Job = TypeVar("_Job", GenerationJob, EmbeddingJob)
 
 
 async def submit(
@@ -41,19 +45,64 @@ async def submit(
     API key, api/auth.py) decides the job's tenant and priority, the models it may use (403),
     and its quotas (429), charged only once the prompt is known to fit.
     """
-    caller = observation.caller if observation is not None else None
-    if caller is not None:
-        job = job.model_copy(update={"tenant": caller.name, "priority": caller.priority})
-        if caller.key is not None and not caller.key.allows(job.model):
-            raise PermissionDeniedError(
-                f"this API key may not use the model '{job.model}'", param="model"
-            )
+    job = _for_caller(job, observation)
     if observation is not None:
         observation.submitted(job)
     await _refuse_if_full(state, job.model)
     workers = await require_live_worker(state, job.model)
     await _check_sampling(state, job, workers)
     prompt_tokens = await _check_context(state, job, workers)
+    return await _enqueue(state, job, prompt_tokens, observation)
+
+
+async def submit_embedding(
+    state: AppState, job: EmbeddingJob, observation: RequestObservation | None = None
+) -> JobStream:
+    """As `submit`, for an embedding job: 400 when no live worker of the model embeds, or
+    when `dimensions` asks for another length than its vectors have. Each input's length is
+    checked by the worker, which tokenizes it (its tokens are not charged to a key's tpm:
+    the request counts for its rpm)."""
+    job = _for_caller(job, observation)
+    if observation is not None:
+        observation.submitted(job)
+    await _refuse_if_full(state, job.model)
+    dims = embedding_dims(await require_live_worker(state, job.model), job.model)
+    if job.dimensions is not None and job.dimensions != dims:
+        raise InvalidRequestError(
+            f"the model '{job.model}' gives vectors of {dims} dimensions; "
+            f"{job.dimensions} cannot be honoured",
+            param="dimensions",
+        )
+    return await _enqueue(state, job, 0, observation)
+
+
+def embedding_dims(workers: list[WorkerInfo], model: str) -> int:
+    """The length of the model's embedding vectors; 400 when none of its workers embeds."""
+    dims = {w.embedding_dims for w in workers if w.embedding_dims is not None}
+    if not dims:
+        raise InvalidRequestError(
+            f"the model '{model}' does not produce embeddings (its workers do not serve them)",
+            param="model",
+        )
+    return min(dims)
+
+
+def _for_caller(job: _Job, observation: RequestObservation | None) -> _Job:
+    """The job with its caller's tenant and priority; 403 for a model its key may not use."""
+    caller = observation.caller if observation is not None else None
+    if caller is None:
+        return job
+    if caller.key is not None and not caller.key.allows(job.model):
+        raise PermissionDeniedError(
+            f"this API key may not use the model '{job.model}'", param="model"
+        )
+    return job.model_copy(update={"tenant": caller.name, "priority": caller.priority})
+
+
+async def _enqueue(
+    state: AppState, job: AnyJob, prompt_tokens: int, observation: RequestObservation | None
+) -> JobStream:
+    caller = observation.caller if observation is not None else None
     key = caller.key if caller is not None else None
     charged = key is not None and await _charge(state, caller, job, prompt_tokens)
     inbox = Inbox()
@@ -78,9 +127,7 @@ async def submit(
     return JobStream(state, inbox, job, prompt_tokens, observation)
 
 
-async def _charge(
-    state: AppState, caller: Caller | None, job: GenerationJob, prompt_tokens: int
-) -> bool:
+async def _charge(state: AppState, caller: Caller | None, job: AnyJob, prompt_tokens: int) -> bool:
     """Count the request and its prompt against its key's quotas (429 when either is used
     up); whether anything was charged (a key without rpm and tpm is not counted)."""
     key = caller.key if caller is not None else None
@@ -105,7 +152,7 @@ async def _charge(
     return True
 
 
-async def _refusal(state: AppState, job: GenerationJob, refused: Refusal) -> QueueFullError:
+async def _refusal(state: AppState, job: AnyJob, refused: Refusal) -> QueueFullError:
     depth = await queue_depth(state.redis, job.model, state.settings.drain_window_s)
     if refused.key_cap is None:
         return queue_full(job.model, depth, state.settings.retry_after_max_s)
@@ -159,7 +206,7 @@ async def _check_context(state: AppState, job: GenerationJob, workers: list[Work
     n_ctx = effective_context(min(w.n_ctx for w in workers), job.n_ctx)
     prompt = await state.tokenizers.count(job, n_ctx)
     try:
-        output_room(n_ctx, prompt, job.sampling.max_tokens)
+        output_room(n_ctx, prompt, job.sampling.max_tokens, cap=caps_max_tokens(job.flavour))
     except ContextOverflowError as exc:
         blamed = "prompt" if job.prompt is not None else "messages"
         raise ContextLengthExceededError(

@@ -62,6 +62,12 @@ class Tokenizers:
         tokenizer = await self.get(job.model)
         return await anyio.to_thread.run_sync(_count, tokenizer, job, n_ctx)
 
+    async def tokens(self, job: GenerationJob) -> list[int]:
+        """The job's prompt as the tokens its worker will evaluate."""
+        tokenizer = await self.get(job.model)
+        rendered = tokenizer.render(job.messages, job.prompt, job.continue_final_message)
+        return await anyio.to_thread.run_sync(tokenizer.tokenize, rendered)
+
     async def _load(self, model: str, workers: list[WorkerInfo]) -> PromptTokenizer:
         try:
             path = await self._locate(workers)

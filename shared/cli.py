@@ -85,8 +85,7 @@ def up(
     if not _redis_answers(settings.redis_url):
         children.append(_redis_child(settings.redis_url))
     children += [
-        _worker_child(me, settings.redis_url, name, env, named=len(models) > 1)
-        for name in models
+        _worker_child(me, settings.redis_url, name, env, named=len(models) > 1) for name in models
     ]
     children.append(
         Child(

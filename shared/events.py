@@ -1,9 +1,12 @@
 """The events a worker publishes for one job: tokens (and, for n > 1 sequences, one end per
 sequence), then exactly one terminal event."""
 
+import base64
 from enum import StrEnum
 from typing import Annotated, Literal
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, Field, TypeAdapter
 
 
@@ -95,17 +98,53 @@ class DoneEvent(BaseModel):
     timings: Timings
 
 
+class EmbeddingsEvent(BaseModel):
+    """The terminal event of an embedding job: one vector per input, in the inputs' order.
+
+    Each vector travels as base64 of its little-endian float32 values (exact, and a quarter
+    of their JSON's size), as OpenAI's `encoding_format: "base64"` sends them.
+    """
+
+    type: Literal["embeddings"] = "embeddings"
+    vectors: list[str] = Field(description="base64 of little-endian float32, one per input")
+    usage: Usage  # prompt_tokens: the inputs' tokens, as evaluated; completion_tokens 0
+    timings: Timings
+
+    @classmethod
+    def of(
+        cls, vectors: list[npt.NDArray[np.float32]], usage: Usage, timings: Timings
+    ) -> "EmbeddingsEvent":
+        return cls(vectors=[encode_vector(v) for v in vectors], usage=usage, timings=timings)
+
+    def floats(self) -> list[list[float]]:
+        return [decode_vector(v) for v in self.vectors]
+
+
+def encode_vector(vector: npt.NDArray[np.float32]) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode_vector(encoded: str) -> list[float]:
+    values: list[float] = np.frombuffer(base64.b64decode(encoded), dtype="<f4").tolist()
+    return values
+
+
 class ErrorEvent(BaseModel):
     type: Literal["error"] = "error"
     code: ErrorCode
     message: str
 
 
-Event = Annotated[TokenEvent | ChoiceEndEvent | DoneEvent | ErrorEvent, Field(discriminator="type")]
-TerminalEvent = DoneEvent | ErrorEvent
+Event = Annotated[
+    TokenEvent | ChoiceEndEvent | DoneEvent | EmbeddingsEvent | ErrorEvent,
+    Field(discriminator="type"),
+]
+TerminalEvent = DoneEvent | EmbeddingsEvent | ErrorEvent
 
 event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
 
-def parse_event(raw: str | bytes) -> TokenEvent | ChoiceEndEvent | DoneEvent | ErrorEvent:
+def parse_event(
+    raw: str | bytes,
+) -> TokenEvent | ChoiceEndEvent | DoneEvent | EmbeddingsEvent | ErrorEvent:
     return event_adapter.validate_json(raw)

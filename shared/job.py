@@ -38,6 +38,9 @@ MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_N = 8
 # Tools a request may offer: each one's schema is shown to the model in the prompt.
 MAX_TOOLS = 128
+# An embedding request's inputs: OpenAI's own limit on their number (each must also fit the
+# model's context, which the API and the worker check against the served model).
+MAX_EMBEDDING_INPUTS = 2048
 
 
 def _unicode(value: object) -> object:
@@ -214,7 +217,27 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-class GenerationJob(BaseModel):
+class QueuedJob(BaseModel):
+    """What every job that goes through a model's queue has: who it is, where it came from,
+    when it must start by; its admission, record and worker's run follow from these alone
+    (shared/lifecycle)."""
+
+    id: str = Field(default_factory=new_job_id)
+    model: ModelName
+    flavour: Flavour
+    created_at: float = Field(default_factory=time.time)
+    deadline: float = Field(description="Unix time after which the job must not start.")
+    request_id: str | None = None
+    attempt: int = Field(default=1, ge=1, description="Run number; >1 after its worker died.")
+    tenant: str | None = Field(
+        default=None,
+        description="The API key's name (None: no authentication); its quota "
+        "is charged the tokens the job generates.",
+    )
+    priority: Priority = Priority.INTERACTIVE
+
+
+class GenerationJob(QueuedJob):
     """One generation request, independent of the API flavour it arrived through.
 
     Exactly one of `messages` (chat, rendered with the model's own template) and `prompt`
@@ -223,8 +246,6 @@ class GenerationJob(BaseModel):
     the model continues its text (Anthropic's and Ollama's prefill).
     """
 
-    id: str = Field(default_factory=new_job_id)
-    model: ModelName
     messages: list[Annotated[ChatMessage, AfterValidator(_readable)]] | None = Field(
         default=None, min_length=1
     )
@@ -232,11 +253,6 @@ class GenerationJob(BaseModel):
     prompt: NonEmptyText | None = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     stream: bool = False
-    flavour: Flavour
-    created_at: float = Field(default_factory=time.time)
-    deadline: float = Field(description="Unix time after which the job must not start.")
-    request_id: str | None = None
-    attempt: int = Field(default=1, ge=1, description="Run number; >1 after its worker died.")
     n_ctx: int | None = Field(
         default=None,
         ge=1,
@@ -254,12 +270,6 @@ class GenerationJob(BaseModel):
     parallel_tool_calls: bool = Field(
         default=True, description="Whether one answer may call several tools."
     )
-    tenant: str | None = Field(
-        default=None,
-        description="The API key's name (None: no authentication); its quota "
-        "is charged the tokens the job generates.",
-    )
-    priority: Priority = Priority.INTERACTIVE
 
     @model_validator(mode="after")
     def _one_prompt(self) -> Self:
@@ -293,3 +303,34 @@ class GenerationJob(BaseModel):
     def forces_call(self) -> bool:
         """Whether the output must be tool calls (`required` or a named tool)."""
         return bool(self.tools) and self.tool_choice not in ("auto", "none")
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+"""Token ids of the model's vocabulary (checked against it by the worker)."""
+
+EmbeddingInput = NonEmptyText | TokenIds
+
+
+class EmbeddingJob(QueuedJob):
+    """One embedding request: a vector for each input, in order.
+
+    Each input is text (tokenized as a raw prompt is: no chat template) or token ids. Its
+    vector is the mean of the model's last hidden states over the input's tokens,
+    L2-normalised (worker/embedding.py).
+    """
+
+    inputs: list[EmbeddingInput] = Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)
+    truncate: bool = Field(
+        default=False,
+        description="Cut an input longer than the context to its start instead of refusing it.",
+    )
+    n_ctx: int | None = Field(
+        default=None, ge=1, description="A context smaller than the worker's (Ollama's num_ctx)."
+    )
+    dimensions: int | None = Field(
+        default=None, ge=1, description="The vectors' length the client expects (None: any)."
+    )
+
+
+AnyJob = GenerationJob | EmbeddingJob
+"""Every kind of job a worker runs."""

@@ -5,10 +5,16 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from shared import keys
-from shared.job import Priority
+from shared.job import AnyJob, EmbeddingJob, Priority
 
 # The API enqueues the task by name, so it never imports the worker (or llama.cpp).
 GENERATE_TASK = "worker.tasks.generate"
+EMBED_TASK = "worker.tasks.embed"
+
+
+def task_of(job: AnyJob) -> str:
+    """The worker function that runs this kind of job."""
+    return EMBED_TASK if isinstance(job, EmbeddingJob) else GENERATE_TASK
 
 
 def model_queue(redis: Redis, model: str, priority: Priority = Priority.INTERACTIVE) -> Queue:

@@ -30,6 +30,9 @@ class WorkerInfo(BaseModel):
     facts: ModelFacts | None = Field(
         default=None, description="The served file (size, digest, GGUF metadata)."
     )
+    embedding_dims: int | None = Field(
+        default=None, description="The length of its embedding vectors; None: it cannot embed."
+    )
 
 
 def heartbeat(redis: Redis, info: WorkerInfo, ttl_s: float) -> None:

@@ -237,6 +237,10 @@ class WorkerSettings(Settings):
         gt=0,
         description="A batch job waiting longer than this is taken before interactive ones.",
     )
+    embeddings: bool = Field(
+        default=True,
+        description="Serve embedding jobs too (in the generation context, between its steps).",
+    )
 
     @property
     def kv_size(self) -> int:

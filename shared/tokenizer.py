@@ -71,11 +71,6 @@ class PromptTokenizer:
             template, eos_token, bos_token, add_generation_prompt=False
         )
 
-    @property
-    def n_vocab(self) -> int:
-        """Token ids are 0 .. n_vocab - 1."""
-        return int(self._llama.n_vocab())
-
     @classmethod
     def load(cls, gguf: Path) -> "PromptTokenizer":
         """Vocabulary and metadata only, no weights."""
@@ -125,6 +120,17 @@ class PromptTokenizer:
         return self._llama.tokenize(
             rendered.text, add_bos=rendered.add_bos, special=rendered.special
         )
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self._llama.n_vocab())
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of these token ids, special tokens' text included; ValueError for an id
+        not in the vocabulary."""
+        if unknown := [t for t in tokens if not 0 <= t < self.n_vocab]:
+            raise ValueError(f"token id {unknown[0]} is not in the vocabulary of {self.n_vocab}")
+        return self._llama.detokenize(tokens, special=True).decode("utf-8", errors="replace")
 
     def min_tokens(self, rendered: RenderedPrompt) -> int:
         """A lower bound on `len(self.tokenize(rendered))`, from the text's length alone.

@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from shared.job import GenerationJob, SamplingParams
 from shared.tokenizer import PromptTokenizer
+from worker.embedding import MeanPool, Vector, chunks, pack
 from worker.engine import (
     EngineBusyError,
     EngineCheckError,
@@ -102,9 +103,11 @@ class BatchEngine:
         reuse_prefix: bool = True,
         unified_kv: bool = True,
         seq_ctx: int | None = None,
+        embeddings: bool = True,
     ) -> None:
         """`n_ctx` is the KV cache's size in cells (shared by the slots when `unified_kv`);
-        `seq_ctx` caps what one sequence may use (default: all it can)."""
+        `seq_ctx` caps what one sequence may use (default: all it can); `embeddings`: serve
+        `embed()` too (a decoder-only model can)."""
         if slots < 1 or prefill_chunk < 1:
             raise ValueError("an engine needs at least one slot and one prompt token a step")
         # All the CPUs this process may use, unless told (llama.cpp's own default is 4).
@@ -158,6 +161,8 @@ class BatchEngine:
             quantization=quantization(
                 {"general.file_type": self._model.metadata("general.file_type") or ""}
             ),
+            n_vocab=n_vocab,
+            embedding_dims=self._model.n_embd if embeddings and self._model.decoder_only else None,
         )
         # Metrics, readable from any thread.
         self.reused_tokens = 0  # prompt tokens not evaluated thanks to a cached prefix, in all
@@ -197,6 +202,60 @@ class BatchEngine:
 
     def prompt_tokens(self, job: GenerationJob) -> list[int]:
         return self._tokenizer.job_tokens(job)
+
+    def text_tokens(self, text: str) -> list[int]:
+        """Text as an embedding input: tokenized as a raw prompt (no chat template)."""
+        return self._tokenizer.raw(text)
+
+    def embed(self, inputs: list[list[int]]) -> list[Vector]:
+        """Embed the first of `inputs` (at least one) in embedding-only decodes, under the
+        sequence ids of slots running nothing (worker/embedding.py); their unit vectors.
+
+        Idle slots used lose their cached prefix. Each input must fit one sequence's cells;
+        KVCacheFullError, with nothing computed, when a unified cache has no room for them.
+        """
+        dims = self._info.embedding_dims
+        if dims is None:
+            raise ValueError("this engine does not embed")
+        # The emptiest idle caches first: the least prefix reuse is lost.
+        free = sorted((s for s in self._slots if not s.active), key=lambda s: len(s.cached))
+        if not free:
+            raise EngineBusyError(f"all {len(self._slots)} slots are busy")
+        count = pack(inputs, len(free), self._batch.capacity)
+        todo, seqs = inputs[:count], free[:count]
+        if any(len(tokens) > self._seq_cells for tokens in todo):
+            raise ValueError(f"an input is longer than the context ({self._seq_cells} tokens)")
+        for slot in seqs:
+            self._evict(slot)
+        if self._unified:
+            need = sum(map(len, todo))
+            free_cells = self._ctx.n_ctx - self.kv_cells_used
+            if free_cells < need:
+                free_cells += self._evict_idle(need - free_cells)
+            if free_cells < need:
+                raise KVCacheFullError((), f"the context has no room for {need} tokens to embed")
+        pools = [MeanPool.empty(dims) for _ in todo]
+        self._use_threads(self._threads)
+        self._ctx.set_embeddings(True)
+        try:
+            for decode in chunks([len(tokens) for tokens in todo], self._batch.capacity):
+                self._batch.clear()
+                for part in decode:
+                    for pos in range(part.start, part.end):
+                        self._batch.add(todo[part.index][pos], pos, seqs[part.index].seq, True)
+                status = self._ctx.decode(self._batch)
+                if status != 0:
+                    raise RuntimeError(f"llama_decode failed with status {status} (embedding)")
+                rows = self._ctx.token_embeddings(len(self._batch), dims)
+                for part in decode:
+                    pools[part.index].add(rows[part.row : part.row + part.end - part.start])
+        finally:
+            for slot in seqs:
+                self._ctx.remove(slot.seq)
+            self._ctx.set_embeddings(False)
+            for slot in self._slots:  # the logits of the last step are gone
+                slot.logits_index = -1
+        return [pool.vector() for pool in pools]
 
     def start(self, prompt: list[int], sampling: SamplingParams, seed: int) -> int:
         """Take the free slot whose cache shares the longest prefix with `prompt`; its
@@ -357,10 +416,17 @@ class BatchEngine:
                 self._model.n_vocab,
                 lambda sampled: self.last_logits(sampled.slot),
             )
+            if self._info.embedding_dims is not None:
+                self._check_embedding()
         except EngineCheckError:
             raise
         except (RuntimeError, ValueError) as exc:  # llama_decode failed, a bad template, ...
             raise EngineCheckError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _check_embedding(self) -> None:
+        (vector,) = self.embed([self.text_tokens("The engine embeds this sentence.")])
+        if not np.isfinite(vector).all() or abs(float(np.linalg.norm(vector)) - 1) > 1e-3:
+            raise EngineCheckError("the embedding decode gave no finite unit vector")
 
     def close(self) -> None:
         """Free the native objects; the engine is unusable afterwards."""
@@ -420,12 +486,14 @@ class BatchEngine:
             need -= slot.next_token is not None
         raise self._full(tuple(victims))
 
-    def _decode(self, plan: _Plan) -> None:
-        light = not plan.prefills and len(plan.decoders) == 1
-        threads = self._light_threads if light else self._threads
+    def _use_threads(self, threads: int) -> None:
         if threads != self._current_threads:
             self._ctx.set_threads(threads)
             self._current_threads = threads
+
+    def _decode(self, plan: _Plan) -> None:
+        light = not plan.prefills and len(plan.decoders) == 1
+        self._use_threads(self._light_threads if light else self._threads)
         status = self._ctx.decode(self._batch)
         if status == 0:
             return

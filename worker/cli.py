@@ -46,6 +46,10 @@ def worker(
     n_gpu_layers: Annotated[
         int | None, typer.Option("--n-gpu-layers", help="Layers to offload, -1 for all.")
     ] = None,
+    embeddings: Annotated[
+        bool | None,
+        typer.Option("--embeddings/--no-embeddings", help="Serve embedding jobs too."),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option("--metrics-port", help="Serve /metrics, /healthz and /readyz on this port."),
@@ -69,6 +73,7 @@ def worker(
         "prefill_chunk": prefill_chunk,
         "flash_attn": flash_attn,
         "n_gpu_layers": n_gpu_layers,
+        "embeddings": embeddings,
         "metrics_port": metrics_port,
         "metrics_host": metrics_host,
     }

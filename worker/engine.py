@@ -7,7 +7,10 @@ backend today holds one slot.
 """
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
 
 from shared.events import TokenLogprob
 from shared.job import GenerationJob, SamplingParams
@@ -20,6 +23,8 @@ class EngineInfo:
     slots: int
     load_seconds: float
     quantization: str = "unknown"  # e.g. "Q4_1", from the GGUF's file type
+    n_vocab: int = 0  # token ids are below this (0: not known)
+    embedding_dims: int | None = None  # the length of its embedding vectors; None: no embed()
 
 
 @dataclass(frozen=True)
@@ -103,4 +108,12 @@ class Engine(Protocol):
         Raises EngineCheckError if the result is unusable. Run before the worker registers,
         so a build that cannot run here (it may also kill the process) never takes a job.
         """
+        ...
+
+
+@runtime_checkable
+class CanEmbed(Protocol):
+    def embed(self, inputs: list[list[int]]) -> list[npt.NDArray[np.float32]]:
+        """Embed the first of `inputs` (at least one, as many as fit one round) between
+        generation steps; their unit vectors, in order. Each input fits the context."""
         ...

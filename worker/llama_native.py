@@ -11,6 +11,7 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
+import numpy.typing as npt
 
 from shared.job import SamplingParams
 from worker.engine import InvalidSamplingError
@@ -36,6 +37,9 @@ class NativeModel:
         assert vocab is not None  # every loaded model has one
         self.vocab = vocab
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(vocab)
+        self.n_embd: int = llama_cpp.llama_model_n_embd(model)
+        # An encoder-decoder model's decoder states are not an embedding of its input.
+        self.decoder_only: bool = not llama_cpp.llama_model_has_encoder(model)
         self._piece = ctypes.create_string_buffer(64)
 
     def metadata(self, key: str) -> str | None:
@@ -100,6 +104,10 @@ class NativeContext:
         params.n_ubatch = shape.n_ubatch
         params.n_seq_max = shape.n_seq_max
         params.kv_unified = shape.unified_kv
+        # Embedding decodes read every token's last hidden state and pool them here
+        # (worker/embedding.py): llama.cpp's own pooling averages only the tokens of one
+        # ubatch, and a per-slot cache splits a batch of several sequences into many.
+        params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_NONE
         if shape.threads is not None:
             params.n_threads = shape.threads
             params.n_threads_batch = shape.threads
@@ -146,6 +154,18 @@ class NativeContext:
         """The logits of batch position `index` of the last decode (it must have asked for them)."""
         pointer = llama_cpp.llama_get_logits_ith(self.ctx, index)
         return ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float * n_vocab)).contents
+
+    def set_embeddings(self, on: bool) -> None:
+        """Whether the next decodes output every token's hidden state (and no sampling)."""
+        llama_cpp.llama_set_embeddings(self.ctx, on)
+
+    def token_embeddings(self, n_tokens: int, n_embd: int) -> npt.NDArray[np.float32]:
+        """Every token's last hidden state from the last decode (made with embeddings on), in
+        batch order: a view of shape (n_tokens, n_embd), valid until the next decode."""
+        pointer = llama_cpp.llama_get_embeddings(self.ctx)
+        if not pointer:
+            raise RuntimeError("llama.cpp returned no embeddings for the decode")
+        return np.ctypeslib.as_array(pointer, shape=(n_tokens, n_embd))
 
     def close(self) -> None:
         llama_cpp.llama_free(self.ctx)

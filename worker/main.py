@@ -63,6 +63,7 @@ def run_worker(settings: WorkerSettings) -> None:
         flash_attn=settings.flash_attn,
         prefill_chunk=settings.prefill_chunk,
         unified_kv=settings.kv_unified,
+        embeddings=settings.embeddings,
     )
     log.info(
         "loaded in %.2fs on %s: %d slots, %d KV cells",
@@ -88,6 +89,7 @@ def run_worker(settings: WorkerSettings) -> None:
         pid=os.getpid(),
         slots=engine.info.slots,
         facts=facts.result(),
+        embedding_dims=engine.info.embedding_dims,
     )
     observer.loaded(info, engine.info)
     max_running = settings.limits(settings.model).max_running
@@ -103,8 +105,14 @@ def run_worker(settings: WorkerSettings) -> None:
             if max_running
             else None
         )
+        slot_engine = SlotEngine(scheduler)
         runner = JobRunner(
-            SlotEngine(scheduler), publisher, control, observer, settings.job_timeout_s
+            slot_engine,
+            publisher,
+            control,
+            observer,
+            settings.job_timeout_s,
+            embedder=slot_engine,
         )
         slots.append(Slot(index, runner, gate, room=lambda: scheduler.free_slots > 0))
         if gate is not None:

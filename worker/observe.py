@@ -16,7 +16,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import make_wsgi_app
 
 from shared.events import TerminalEvent
-from shared.job import GenerationJob
+from shared.job import QueuedJob
 from shared.metrics import WorkerMetrics
 from shared.registry import WorkerInfo
 from worker.engine import EngineInfo, StepStats
@@ -75,11 +75,11 @@ class WorkerObserver:
         metrics.aggregate_decode_rate.set(decode_rate)
         metrics.prefill_rate.set(prefill_rate)
 
-    def started(self, job: GenerationJob) -> None:
+    def started(self, job: QueuedJob) -> None:
         self.metrics.busy.start(job.id)
         jobs_log.info("job started", extra={"flavour": str(job.flavour)})
 
-    def finished(self, job: GenerationJob, terminal: TerminalEvent | None) -> None:
+    def finished(self, job: QueuedJob, terminal: TerminalEvent | None) -> None:
         """The job is over; `terminal` is None when it was interrupted before it had one."""
         metrics = self.metrics
         metrics.busy.stop(job.id)
@@ -89,6 +89,15 @@ class WorkerObserver:
         elif terminal.type == "error":
             outcome = str(terminal.code)
             fields["error"] = terminal.message
+        elif terminal.type == "embeddings":
+            outcome = "embedded"
+            metrics.prompt_tokens.inc(terminal.usage.prompt_tokens)
+            fields.update(
+                inputs=len(terminal.vectors),
+                prompt_tokens=terminal.usage.prompt_tokens,
+                queued_s=round(terminal.timings.queued, 4),
+                prompt_eval_s=round(terminal.timings.prompt_eval, 4),
+            )
         else:
             outcome = str(terminal.finish_reason)
             usage, timings = terminal.usage, terminal.timings

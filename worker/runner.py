@@ -11,9 +11,15 @@ import time
 from typing import Protocol
 
 from shared import logs
-from shared.context import ContextOverflowError, effective_context, output_room
+from shared.context import (
+    ContextOverflowError,
+    caps_max_tokens,
+    effective_context,
+    output_room,
+)
 from shared.events import (
     DoneEvent,
+    EmbeddingsEvent,
     ErrorCode,
     ErrorEvent,
     FinishReason,
@@ -21,26 +27,33 @@ from shared.events import (
     Timings,
     Usage,
 )
-from shared.job import GenerationJob
+from shared.job import AnyJob, EmbeddingJob, GenerationJob, QueuedJob
 from shared.lifecycle.worker_side import StartDecision
-from worker.engine import Engine, EngineBusyError, InvalidSamplingError, KVCacheFullError
+from worker.embedding import Vector
+from worker.engine import (
+    Engine,
+    EngineBusyError,
+    EngineInfo,
+    InvalidSamplingError,
+    KVCacheFullError,
+)
 from worker.output import ChoiceOutput, JobOutput, OutputStopped, Publisher
 
 log = logging.getLogger(__name__)
 
 
 class JobControl(Protocol):
-    def begin(self, job: GenerationJob) -> StartDecision: ...
+    def begin(self, job: QueuedJob) -> StartDecision: ...
 
-    def claim_output(self, job: GenerationJob) -> bool:
+    def claim_output(self, job: QueuedJob) -> bool:
         """Before the first token is published: False if the job is no longer this run's."""
         ...
 
-    def should_stop(self, job: GenerationJob) -> bool:
+    def should_stop(self, job: QueuedJob) -> bool:
         """Asked between tokens: cancelled, or no longer this run's."""
         ...
 
-    def end(self, job: GenerationJob, terminal: TerminalEvent) -> bool:
+    def end(self, job: QueuedJob, terminal: TerminalEvent) -> bool:
         """Record the outcome; True if this run still owns the job and publishes its end."""
         ...
 
@@ -48,16 +61,16 @@ class JobControl(Protocol):
 class AlwaysRun:
     """A control that lets every job run to its end (no Redis record): tests, benchmarks."""
 
-    def begin(self, job: GenerationJob) -> StartDecision:
+    def begin(self, job: QueuedJob) -> StartDecision:
         return StartDecision.RUN
 
-    def claim_output(self, job: GenerationJob) -> bool:
+    def claim_output(self, job: QueuedJob) -> bool:
         return True
 
-    def should_stop(self, job: GenerationJob) -> bool:
+    def should_stop(self, job: QueuedJob) -> bool:
         return False
 
-    def end(self, job: GenerationJob, terminal: TerminalEvent) -> bool:
+    def end(self, job: QueuedJob, terminal: TerminalEvent) -> bool:
         return True
 
 
@@ -73,9 +86,32 @@ class JobError(Exception):
 class JobObserver(Protocol):
     """Told when each job starts and ends (metrics, log lines); see worker/observe.py."""
 
-    def started(self, job: GenerationJob) -> None: ...
+    def started(self, job: QueuedJob) -> None: ...
 
-    def finished(self, job: GenerationJob, terminal: TerminalEvent | None) -> None: ...
+    def finished(self, job: QueuedJob, terminal: TerminalEvent | None) -> None: ...
+
+
+class PendingEmbedding(Protocol):
+    """Inputs handed to the engine thread (worker/scheduler.py's `Embedding`)."""
+
+    def wait(self, timeout: float) -> list[Vector] | None: ...
+
+    def close(self) -> None: ...
+
+
+class Embedder(Protocol):
+    """What runs embedding jobs: worker/slot_engine.py's `SlotEngine`."""
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    def text_tokens(self, text: str) -> list[int]: ...
+
+    def submit_embedding(self, inputs: list[list[int]]) -> PendingEmbedding: ...
+
+
+# How often a job waiting for its embeddings checks whether it was cancelled.
+_EMBED_POLL_S = 0.05
 
 
 class JobRunner:
@@ -88,16 +124,19 @@ class JobRunner:
         control: JobControl | None = None,
         observer: JobObserver | None = None,
         job_timeout_s: float | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         """`job_timeout_s`: a running job that takes longer is ended with an error (checked
-        between tokens; RQ's SIGALRM timeout cannot work in slot threads)."""
+        between tokens; RQ's SIGALRM timeout cannot work in slot threads). `embedder` runs
+        embedding jobs (None: they are refused)."""
         self.engine = engine
+        self.embedder = embedder
         self.publisher = publisher
         self.control = control or AlwaysRun()
         self.observer = observer
         self.job_timeout_s = job_timeout_s
 
-    def run(self, job: GenerationJob) -> TerminalEvent | None:
+    def run(self, job: AnyJob) -> TerminalEvent | None:
         """Run `job` to its end and publish its events; returns the terminal event, or None
         when the job was not this worker's to answer."""
         with logs.log_context(job_id=job.id, request_id=job.request_id, model=job.model):
@@ -116,10 +155,12 @@ class JobRunner:
                     self.observer.finished(job, terminal)
         return terminal
 
-    def _outcome(self, job: GenerationJob, begun: StartDecision) -> TerminalEvent:
+    def _outcome(self, job: AnyJob, begun: StartDecision) -> TerminalEvent:
         try:
             if begun is StartDecision.EXPIRED:
                 raise JobError(ErrorCode.DEADLINE_EXCEEDED, "the job waited past its deadline")
+            if isinstance(job, EmbeddingJob):
+                return self._embed(job)
             return self._generate(job)
         except JobError as exc:
             return ErrorEvent(code=exc.code, message=exc.message)
@@ -209,10 +250,66 @@ class JobRunner:
             ),
         )
 
+    def _embed(self, job: EmbeddingJob) -> EmbeddingsEvent:
+        started = time.time()
+        if started > job.deadline:
+            raise JobError(ErrorCode.DEADLINE_EXCEEDED, "the job waited past its deadline")
+        if self.embedder is None or self.embedder.info.embedding_dims is None:
+            raise JobError(ErrorCode.INVALID_REQUEST, "this worker's model does not embed")
+        inputs = self._embedding_inputs(job, self.embedder)
+        pending = self.embedder.submit_embedding(inputs)
+        try:
+            while (vectors := pending.wait(_EMBED_POLL_S)) is None:
+                if self.control.should_stop(job):
+                    raise _stopped()
+                if self.job_timeout_s is not None and time.time() - started > self.job_timeout_s:
+                    raise JobError(
+                        ErrorCode.DEADLINE_EXCEEDED,
+                        f"the job ran past its time limit of {self.job_timeout_s:g} s",
+                    )
+        finally:
+            pending.close()
+        return EmbeddingsEvent.of(
+            vectors,
+            Usage(prompt_tokens=sum(map(len, inputs)), completion_tokens=0),
+            Timings(
+                queued=max(0.0, started - job.created_at),
+                prompt_eval=time.time() - started,
+                decode=0.0,
+            ),
+        )
+
+    def _embedding_inputs(self, job: EmbeddingJob, embedder: Embedder) -> list[list[int]]:
+        """Every input as tokens that fit the context (cut to it with `truncate`)."""
+        n_ctx = effective_context(embedder.info.n_ctx, job.n_ctx)
+        n_vocab = embedder.info.n_vocab
+        inputs: list[list[int]] = []
+        for index, given in enumerate(job.inputs):
+            tokens = embedder.text_tokens(given) if isinstance(given, str) else given
+            if not tokens:
+                raise JobError(ErrorCode.INVALID_REQUEST, f"input {index} has no tokens")
+            if n_vocab and max(tokens) >= n_vocab:
+                raise JobError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"input {index} has token id {max(tokens)}, not in the model's vocabulary "
+                    f"of {n_vocab}",
+                )
+            if len(tokens) > n_ctx:
+                if not job.truncate:
+                    raise JobError(
+                        ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+                        f"input {index} has {len(tokens)} tokens; the context is {n_ctx}",
+                    )
+                tokens = tokens[:n_ctx]
+            inputs.append(tokens)
+        return inputs
+
     def _max_tokens(self, job: GenerationJob, prompt_len: int) -> int:
         n_ctx = effective_context(self.engine.info.n_ctx, job.n_ctx)
         try:
-            return output_room(n_ctx, prompt_len, job.sampling.max_tokens)
+            return output_room(
+                n_ctx, prompt_len, job.sampling.max_tokens, cap=caps_max_tokens(job.flavour)
+            )
         except ContextOverflowError as exc:
             raise JobError(ErrorCode.CONTEXT_LENGTH_EXCEEDED, str(exc)) from exc
 

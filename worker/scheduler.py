@@ -13,6 +13,10 @@ consumer's previous sequence is freed at the step after its `close()`.
 Every sequence ends exactly once: with its end-of-generation token, by `close()`, or with an
 error (a failed start, a failed step, the scheduler stopping) that its consumer's iteration
 raises. `llama_decode` releases the GIL, so consumers run while the model computes.
+
+Embedding jobs (`embed`) wait in line for the engine thread too: each turn of its loop runs
+one embedding round (the waiting inputs that fit one batch, of one job or several, in order)
+before the generation step, so running streams keep going while a long list is embedded.
 """
 
 import contextlib
@@ -20,13 +24,22 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
 
 from shared.job import GenerationJob, SamplingParams
-from worker.engine import Engine, EngineBusyError, EngineInfo, KVCacheFullError, Sampled
+from worker.embedding import Vector
+from worker.engine import (
+    CanEmbed,
+    Engine,
+    EngineBusyError,
+    EngineInfo,
+    KVCacheFullError,
+    Sampled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +182,46 @@ class Sequence:
         return self.end_reason is not None
 
 
+class Embedding:
+    """One job's embedding inputs waiting for the engine thread: `wait` for their vectors.
+
+    `close()` (any thread) withdraws what is not embedded yet.
+    """
+
+    def __init__(self, inputs: list[list[int]]) -> None:
+        self.inputs = inputs
+        self.vectors: list[Vector] = []  # the engine thread's, in the inputs' order
+        self._ended = threading.Event()
+        self._error: BaseException | None = None
+        self._closed = threading.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def wait(self, timeout: float) -> list[Vector] | None:
+        """The vectors once all are in; None while not within `timeout` seconds. Raises the
+        embedding's error (a failed decode, the scheduler stopping)."""
+        if not self._ended.wait(timeout):
+            return None
+        if self._error is not None:
+            raise self._error
+        return self.vectors
+
+    # The engine thread's side.
+
+    @property
+    def _remaining(self) -> list[list[int]]:
+        return self.inputs[len(self.vectors) :]
+
+    def _end(self, error: BaseException | None = None) -> None:
+        self._error = error
+        self._ended.set()
+
+
 class Scheduler:
     """Runs an `Engine` on its own thread for any number of consumer threads."""
 
@@ -193,6 +246,7 @@ class Scheduler:
         self._lock = threading.Lock()  # `_accepting` and what is in `_submitted`
         self._gathering = threading.Lock()  # held by the group gathering its slots
         self._active: dict[int, Sequence] = {}  # slot -> sequence; the engine thread's only
+        self._embeddings: deque[Embedding] = deque()  # under `_lock`
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
@@ -298,15 +352,26 @@ class Scheduler:
                     self._give(taken)
                 raise
 
+    def embed(self, inputs: list[list[int]]) -> Embedding:
+        """Queue inputs to embed (each fits the context); they go in at the next turn."""
+        embedding = Embedding(inputs)
+        with self._lock:
+            if not self._accepting:
+                raise SchedulerStoppedError("the scheduler is not running")
+            self._embeddings.append(embedding)
+        self._wake.set()
+        return embedding
+
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
                 self._free()
                 self._admit()
+                embedded = self._embed_round()
                 if self._active:
                     self._step()
-                else:
+                elif not embedded:
                     self._wake.wait(_POLL_S)
         except BaseException:
             log.exception("the engine thread failed")
@@ -384,9 +449,44 @@ class Scheduler:
             if token.end_of_generation:
                 receiver._end(EndReason.END_OF_GENERATION)
 
+    def _embed_round(self) -> bool:
+        """One embedding round for the inputs waiting, oldest first; False if none were."""
+        with self._lock:
+            while self._embeddings and self._embeddings[0].closed:
+                self._embeddings.popleft()._end(SequenceEndedError("the embedding was closed"))
+            waiting = [e for e in self._embeddings if not e.closed]
+        if not waiting:
+            return False
+        head = waiting[0]
+        owners = [(e, len(e.vectors) + i) for e in waiting for i in range(len(e._remaining))]
+        try:
+            if not isinstance(self.engine, CanEmbed):
+                raise EngineBusyError("this engine does not embed")
+            vectors = self.engine.embed([owner.inputs[i] for owner, i in owners])
+        except Exception as exc:  # the oldest job's inputs failed; the others try again
+            log.warning("an embedding round failed: %s: %s", type(exc).__name__, exc)
+            self._finish(head, exc)
+            return True
+        for (owner, _), vector in zip(owners, vectors, strict=False):
+            owner.vectors.append(vector)
+        for embedding in waiting:
+            if not embedding._remaining:
+                self._finish(embedding)
+        return True
+
+    def _finish(self, embedding: Embedding, error: BaseException | None = None) -> None:
+        with self._lock:
+            if embedding in self._embeddings:
+                self._embeddings.remove(embedding)
+        embedding._end(error)
+
     def _shut_down(self) -> None:
         with self._lock:
             self._accepting = False
+            embeddings = list(self._embeddings)
+            self._embeddings.clear()
+        for embedding in embeddings:
+            embedding._end(SchedulerStoppedError("the scheduler stopped"))
         self._free()  # the closed and the ended first: they end as they would have
         for sequence in self._active.values():
             sequence._end(EndReason.ERROR, SchedulerStoppedError("the scheduler stopped"))

@@ -6,11 +6,18 @@ returns that sequence's next token (one element; the runner picks it by slot), `
 closes it (the slot is freed at the engine's next step).
 """
 
+from typing import Protocol, runtime_checkable
+
 from shared.job import GenerationJob, SamplingParams
 from worker.engine import EngineBusyError, EngineInfo, Sampled
-from worker.scheduler import Scheduler, Sequence
+from worker.scheduler import Embedding, Scheduler, Sequence
 
 DEFAULT_OPEN_TIMEOUT_S = 30.0
+
+
+@runtime_checkable
+class TextTokenizer(Protocol):
+    def text_tokens(self, text: str) -> list[int]: ...
 
 
 class SlotEngine:
@@ -74,6 +81,17 @@ class SlotEngine:
         sequence = self._sequences.pop(slot, None)
         if sequence is not None:
             sequence.close()
+
+    def text_tokens(self, text: str) -> list[int]:
+        """Text as an embedding input, tokenized on the caller's thread."""
+        engine = self._scheduler.engine
+        if not isinstance(engine, TextTokenizer):
+            raise TypeError("this engine does not tokenize embedding inputs")
+        return engine.text_tokens(text)
+
+    def submit_embedding(self, inputs: list[list[int]]) -> Embedding:
+        """Queue the inputs for the engine thread; wait on (or close) what comes back."""
+        return self._scheduler.embed(inputs)
 
     def self_check(self) -> None:
         """The engine's own check; only before the scheduler starts."""

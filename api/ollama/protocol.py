@@ -12,16 +12,19 @@ from pydantic import (
     BaseModel,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
 )
 
+from api.errors import InvalidRequestError
 from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
 from api.wire import JobRequest, WireModel
 from shared.job import (
     ChatMessage,
+    EmbeddingJob,
     Flavour,
     GenerationJob,
     ModelName,
@@ -421,3 +424,75 @@ class ChatDone(DoneStats, _ChatLine):
 
 class ErrorResponse(BaseModel):
     error: str
+
+
+# Embeddings: POST /api/embed, and the older POST /api/embeddings
+
+
+class _EmbedBase(WireModel):
+    model: ModelName
+    # Options of a generation change nothing in an embedding; num_ctx bounds the inputs.
+    options: Options = Field(default_factory=Options)
+    keep_alive: float | str | None = Field(
+        default=None, description="Accepted; a worker keeps its model loaded until it stops."
+    )
+
+    @property
+    def target(self) -> str:
+        return model_name(self.model)
+
+    def _job(
+        self, inputs: list[str], truncate: bool, dimensions: int | None, deadline: float,
+        request_id: str | None,
+    ) -> EmbeddingJob:  # fmt: skip
+        try:
+            return EmbeddingJob(
+                model=self.target,
+                inputs=list(inputs),
+                truncate=truncate,
+                dimensions=dimensions,
+                flavour=Flavour.OLLAMA,
+                deadline=deadline,
+                request_id=request_id,
+            )
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            message = str(error["msg"]).removeprefix("Value error, ")
+            raise InvalidRequestError(f"input: {message}", param="input") from None
+
+
+class EmbedRequest(_EmbedBase):
+    input: str | list[str]
+    truncate: bool = True  # Ollama's default: cut inputs to the context
+    dimensions: int | None = None
+
+    @property
+    def inputs(self) -> list[str]:
+        """The inputs; Ollama skips an empty string given alone (an empty answer)."""
+        return [self.input] if isinstance(self.input, str) and self.input else (
+            self.input if isinstance(self.input, list) else []
+        )  # fmt: skip
+
+    def to_job(self, deadline: float, request_id: str | None = None) -> EmbeddingJob:
+        return self._job(self.inputs, self.truncate, self.dimensions, deadline, request_id)
+
+
+class EmbeddingsRequest(_EmbedBase):
+    """The older endpoint: one `prompt`, one `embedding`."""
+
+    prompt: str = ""
+
+    def to_job(self, deadline: float, request_id: str | None = None) -> EmbeddingJob:
+        return self._job([self.prompt], True, None, deadline, request_id)
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+
+
+class EmbeddingsResponse(BaseModel):
+    embedding: list[float]

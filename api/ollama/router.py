@@ -12,14 +12,29 @@ from fastapi.responses import PlainTextResponse
 from api.auth import public
 from api.deps import RequestIdDep, StateDep
 from api.errors import NoWorkerError
-from api.models import canonical, catalog_model, job_for, require_live_worker
+from api.models import (
+    canonical,
+    catalog_model,
+    embedding_job_for,
+    job_for,
+    require_live_worker,
+)
 from api.models import catalog as known_catalog
 from api.ollama import catalog, serving
 from api.ollama.catalog import PsResponse, ShowRequest, ShowResponse, TagsResponse, VersionResponse
-from api.ollama.protocol import ChatDone, ChatRequest, GenerateDone, GenerateRequest
+from api.ollama.protocol import (
+    ChatDone,
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbedRequest,
+    EmbedResponse,
+    GenerateDone,
+    GenerateRequest,
+)
 from api.pipeline import ObservationDep, flavour_route_class
-from api.relay import answer
-from api.submit import submit
+from api.relay import answer, collect_embeddings
+from api.submit import embedding_dims, submit, submit_embedding
 from shared.job import Flavour
 
 router = APIRouter(
@@ -56,6 +71,46 @@ async def generate(
         lambda: serving.GenerateEncoder(job, body.model),
         lambda out: serving.generate_done(job, body.model, out),
     )
+
+
+@router.post("/api/embed")
+async def embed(
+    body: EmbedRequest,
+    state: StateDep,
+    observation: ObservationDep,
+    request_id: RequestIdDep = None,
+) -> EmbedResponse:
+    if not body.inputs:  # Ollama answers an empty input with no vectors (a model load)
+        target = await canonical(state, body.target)
+        embedding_dims(await require_live_worker(state, target), target)
+        return EmbedResponse(model=body.model, embeddings=[])
+    job = await serving.fit_context(
+        state,
+        await embedding_job_for(state, body.to_job(state.job_deadline(), request_id)),
+        body.options.num_ctx,
+    )
+    event = await collect_embeddings(await submit_embedding(state, job, observation))
+    return serving.embed_response(job, body.model, event)
+
+
+@router.post("/api/embeddings")
+async def embeddings(
+    body: EmbeddingsRequest,
+    state: StateDep,
+    observation: ObservationDep,
+    request_id: RequestIdDep = None,
+) -> EmbeddingsResponse:
+    if not body.prompt:
+        target = await canonical(state, body.target)
+        embedding_dims(await require_live_worker(state, target), target)
+        return EmbeddingsResponse(embedding=[])
+    job = await serving.fit_context(
+        state,
+        await embedding_job_for(state, body.to_job(state.job_deadline(), request_id)),
+        body.options.num_ctx,
+    )
+    event = await collect_embeddings(await submit_embedding(state, job, observation))
+    return EmbeddingsResponse(embedding=event.floats()[0])
 
 
 @router.post("/api/chat", response_model=None)

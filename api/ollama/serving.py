@@ -9,6 +9,7 @@ The final line's durations are measured, in nanoseconds:
 """
 
 import time
+from typing import TypeVar
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -21,6 +22,7 @@ from api.ollama.protocol import (
     ChatChunk,
     ChatDone,
     DoneStats,
+    EmbedResponse,
     ErrorResponse,
     GenerateChunk,
     GenerateDone,
@@ -32,8 +34,8 @@ from api.ollama.protocol import TokenLogprob as OllamaToken
 from api.relay import Collected, StreamEncoder
 from api.state import AppState
 from api.tool_calls import CallSplitter, Reply, read_reply
-from shared.events import DoneEvent, FinishReason, TokenEvent, TokenLogprob
-from shared.job import GenerationJob
+from shared.events import DoneEvent, EmbeddingsEvent, FinishReason, TokenEvent, TokenLogprob
+from shared.job import EmbeddingJob, GenerationJob
 
 NDJSON = "application/x-ndjson"
 
@@ -138,11 +140,15 @@ def loaded_chat(name: str) -> ChatDone:
     )
 
 
-async def fit_context(state: AppState, job: GenerationJob, num_ctx: int | None) -> GenerationJob:
+J = TypeVar("J", GenerationJob, EmbeddingJob)
+
+
+async def fit_context(state: AppState, job: J, num_ctx: int | None) -> J:
     """The job limited to a context of `num_ctx` tokens, as Ollama's option asks.
 
     Above the workers' own context it cannot be honoured (400). Below it, the job carries it
-    (`n_ctx`): `submit` and the worker then fit the prompt and its output in it.
+    (`n_ctx`): `submit` and the worker then fit the prompt and its output (or each input to
+    embed) in it.
     """
     if num_ctx is None:
         return job
@@ -153,6 +159,16 @@ async def fit_context(state: AppState, job: GenerationJob, num_ctx: int | None) 
             param="options.num_ctx",
         )
     return job.model_copy(update={"n_ctx": num_ctx})
+
+
+def embed_response(job: EmbeddingJob, name: str, event: EmbeddingsEvent) -> EmbedResponse:
+    return EmbedResponse(
+        model=name,
+        embeddings=event.floats(),
+        total_duration=_ns(time.time() - job.created_at),
+        load_duration=_ns(event.timings.queued + event.timings.load),
+        prompt_eval_count=event.usage.prompt_tokens,
+    )
 
 
 class _OllamaEncoder(StreamEncoder):

@@ -5,12 +5,13 @@ Ranges and caps are the neutral job's (shared/job.py); these models only map the
 
 import json
 import time
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, cast
 
 from pydantic import (
     BaseModel,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationError,
     field_validator,
     model_serializer,
     model_validator,
@@ -21,6 +22,8 @@ from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
 from api.wire import JobRequest, WireModel
 from shared.job import (
     ChatMessage,
+    EmbeddingInput,
+    EmbeddingJob,
     Flavour,
     GenerationJob,
     ModelName,
@@ -548,3 +551,112 @@ class ErrorResponse(BaseModel):
 
 def now() -> int:
     return int(time.time())
+
+
+# Embeddings (POST /v1/embeddings)
+
+EmbeddingInputs = str | list[str] | list[int] | list[list[int]]
+
+
+class EmbeddingRequest(WireModel):
+    model: ModelName
+    input: EmbeddingInputs
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+    def to_job(self, deadline: float, request_id: str | None = None) -> EmbeddingJob:
+        """The neutral job; 400 naming `input` (or `input.N`) for what the job refuses."""
+        given = self.input
+        if isinstance(given, list) and given and isinstance(given[0], int):
+            inputs: list[EmbeddingInput] = [given]  # one input, as token ids
+        else:
+            inputs = [given] if isinstance(given, str) else cast(list[EmbeddingInput], given)
+        try:
+            return EmbeddingJob(
+                model=self.model,
+                inputs=inputs,
+                dimensions=self.dimensions,
+                flavour=Flavour.OPENAI,
+                deadline=deadline,
+                request_id=request_id,
+            )
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            param: str | None
+            match error["loc"]:
+                case ("inputs", int(index), *_) if isinstance(given, list) and len(inputs) > 1:
+                    param = f"input.{index}"
+                case ("inputs", *_):
+                    param = "input"
+                case (str(field), *_):
+                    param = field
+                case _:
+                    param = None
+            message = str(error["msg"]).removeprefix("Value error, ")
+            raise InvalidRequestError(f"{param}: {message}", param=param) from None
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage
+
+
+# vLLM's tokenizer endpoints (POST /tokenize, /detokenize)
+
+
+class TokenizeRequest(WireModel):
+    """vLLM's: a raw `prompt`, or chat `messages` rendered with the model's template."""
+
+    model: ModelName
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = True
+
+    def to_job(self, deadline: float) -> GenerationJob:
+        """The generation job whose prompt this is: counted exactly as a request's would be."""
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidRequestError("give exactly one of prompt and messages", param="prompt")
+        if self.messages is not None and not self.add_generation_prompt:
+            raise InvalidRequestError(
+                "only add_generation_prompt=true is supported (as every chat request renders)",
+                param="add_generation_prompt",
+            )
+        if not self.add_special_tokens:
+            raise InvalidRequestError(
+                "only add_special_tokens=true is supported (as every request is tokenized)",
+                param="add_special_tokens",
+            )
+        request = ChatCompletionRequest(model=self.model, messages=self.messages or [])
+        if self.messages is not None:
+            return request.to_job(deadline)
+        return CompletionRequest(model=self.model, prompt=self.prompt or "").to_job(deadline)
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeRequest(WireModel):
+    model: ModelName
+    tokens: list[Annotated[int, Field(ge=0)]]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str

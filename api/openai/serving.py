@@ -1,5 +1,7 @@
 """Neutral events to OpenAI responses and stream chunks."""
 
+from typing import Literal
+
 from fastapi.responses import JSONResponse
 
 from api.errors import ApiError, ErrorKind
@@ -13,6 +15,9 @@ from api.openai.protocol import (
     CompletionChoice,
     CompletionLogprobs,
     Delta,
+    EmbeddingData,
+    EmbeddingList,
+    EmbeddingUsage,
     ErrorBody,
     ErrorResponse,
     FinishReason,
@@ -32,13 +37,15 @@ from api.tool_calls import CallSplitter, Reply, arguments_json, read_reply
 from shared.events import (
     ChoiceEndEvent,
     DoneEvent,
+    EmbeddingsEvent,
     TokenEvent,
     TokenLogprob,
     TopLogprob,
     Usage,
+    decode_vector,
 )
 from shared.events import FinishReason as NeutralFinish
-from shared.job import GenerationJob, ToolCall
+from shared.job import EmbeddingJob, GenerationJob, ToolCall
 
 _ERROR_TYPES = {
     ErrorKind.INVALID_REQUEST: "invalid_request_error",
@@ -180,6 +187,22 @@ def completion(job: GenerationJob, out: Collected) -> Completion:
             for i, choice in enumerate(out.choices)
         ],
         usage=usage_info(out.done.usage),
+    )
+
+
+def embedding_list(
+    job: EmbeddingJob, event: EmbeddingsEvent, encoding: Literal["float", "base64"]
+) -> EmbeddingList:
+    """The vectors in OpenAI's list; base64 is the event's own little-endian float32."""
+    return EmbeddingList(
+        data=[
+            EmbeddingData(index=i, embedding=v if encoding == "base64" else decode_vector(v))
+            for i, v in enumerate(event.vectors)
+        ],
+        model=job.model,
+        usage=EmbeddingUsage(
+            prompt_tokens=event.usage.prompt_tokens, total_tokens=event.usage.prompt_tokens
+        ),
     )
 
 

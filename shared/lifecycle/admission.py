@@ -21,9 +21,9 @@ from redis.typing import EncodableT, FieldT
 
 from shared import keys
 from shared.events import ErrorCode
-from shared.job import GenerationJob
+from shared.job import AnyJob
 from shared.lifecycle.record import JobRecord, JobStatus, queued_fields, rq_job_id
-from shared.queues import GENERATE_TASK, model_queue
+from shared.queues import model_queue, task_of
 from shared.settings import Settings
 
 _RESULT_TTL_S = 300
@@ -47,7 +47,7 @@ def key_cap(settings: Settings, model: str, key_max_queued: int | None) -> int:
 
 
 def admit(
-    redis: Redis, job: GenerationJob, settings: Settings, key_max_queued: int | None = None
+    redis: Redis, job: AnyJob, settings: Settings, key_max_queued: int | None = None
 ) -> Refusal | None:
     """Record and enqueue `job` unless its model is full, or (a job with a `tenant`) its key
     already holds its share of the model's waiting places; None when admitted."""
@@ -93,8 +93,8 @@ class Reclaimed(StrEnum):
 
 
 def reclaim(
-    redis: Redis, job: GenerationJob, dead_worker: str, settings: Settings
-) -> tuple[Reclaimed, GenerationJob]:
+    redis: Redis, job: AnyJob, dead_worker: str, settings: Settings
+) -> tuple[Reclaimed, AnyJob]:
     """The job's worker died: run it again at the front of its queue if no token was sent and
     attempts are left, else record it failed. Returns what happened and the job as it is now."""
     record_key = keys.job_record(job.id)
@@ -144,12 +144,12 @@ def _key_waiting(pipe: Pipeline, mine: str, waiting: str, now: float) -> tuple[i
 
 
 def _enqueue(
-    pipe: Pipeline, redis: Redis, job: GenerationJob, settings: Settings, *, at_front: bool
+    pipe: Pipeline, redis: Redis, job: AnyJob, settings: Settings, *, at_front: bool
 ) -> None:
     """RQ's enqueue of one attempt, as commands on the caller's MULTI."""
     rq_id = rq_job_id(job.id, job.attempt)
     model_queue(redis, job.model, job.priority).enqueue_call(
-        func=GENERATE_TASK,
+        func=task_of(job),
         args=(job.model_dump(mode="json"),),
         job_id=rq_id,
         timeout=settings.job_timeout_s,

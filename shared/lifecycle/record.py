@@ -17,7 +17,7 @@ from typing import assert_never
 from pydantic import BaseModel
 from redis.typing import EncodableT, FieldT
 
-from shared.job import GenerationJob
+from shared.job import QueuedJob
 
 
 class JobStatus(StrEnum):
@@ -80,7 +80,7 @@ class JobRecord(BaseModel):
         return cls.model_validate({**fields, "id": job_id})
 
 
-def queued_fields(job: GenerationJob) -> dict[FieldT, EncodableT]:
+def queued_fields(job: QueuedJob) -> dict[FieldT, EncodableT]:
     """The record of an attempt that has just been queued (admitted, or rerun)."""
     return {
         "model": job.model,

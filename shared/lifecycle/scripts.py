@@ -13,7 +13,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from shared import keys
-from shared.job import GenerationJob
+from shared.job import QueuedJob
 from shared.lifecycle.record import JobRecord, JobStatus, rq_job_id
 
 
@@ -171,7 +171,7 @@ class WorkerScripts:
         self._oldest_batch = redis.register_script(OLDEST_BATCH)
 
     def begin(
-        self, job: GenerationJob, worker_id: str, now: float, lease_until: float, ttl_s: int
+        self, job: QueuedJob, worker_id: str, now: float, lease_until: float, ttl_s: int
     ) -> str:
         """RUNNING, EXPIRED, or why not ('missing', 'stale')."""
         raw = self._begin(
@@ -184,12 +184,12 @@ class WorkerScripts:
         )
         return cast(bytes, raw).decode()
 
-    def claim_output(self, job: GenerationJob, worker_id: str) -> bool:
+    def claim_output(self, job: QueuedJob, worker_id: str) -> bool:
         return bool(self._claim(keys=[keys.job_record(job.id)], args=[worker_id]))
 
     def end(
         self,
-        job: GenerationJob,
+        job: QueuedJob,
         worker_id: str,
         now: float,
         status: JobStatus,

@@ -16,7 +16,7 @@ from redis import Redis
 
 from shared import keys
 from shared.events import DoneEvent, ErrorEvent, TerminalEvent
-from shared.job import GenerationJob
+from shared.job import QueuedJob
 from shared.lifecycle.record import JobStatus
 from shared.lifecycle.scripts import WorkerScripts
 from shared.settings import WorkerSettings
@@ -46,20 +46,20 @@ class RunningJobs:
         self._worker_id = worker_id
         self._check_s = check_s
         self._lock = threading.Lock()
-        self._jobs: dict[str, GenerationJob] = {}
+        self._jobs: dict[str, QueuedJob] = {}
         self._stopping: set[str] = set()
         self._checked_at = 0.0
 
-    def add(self, job: GenerationJob) -> None:
+    def add(self, job: QueuedJob) -> None:
         with self._lock:
             self._jobs[job.id] = job
 
-    def remove(self, job: GenerationJob) -> None:
+    def remove(self, job: QueuedJob) -> None:
         with self._lock:
             self._jobs.pop(job.id, None)
             self._stopping.discard(job.id)
 
-    def should_stop(self, job: GenerationJob) -> bool:
+    def should_stop(self, job: QueuedJob) -> bool:
         """Cancelled, or no longer this worker's (as last read, at most `check_s` ago)."""
         with self._lock:
             now = time.monotonic()
@@ -106,7 +106,7 @@ class RedisJobControl:
         self._redis = redis
         self.running = running or RunningJobs(redis, worker_id, settings.cancel_check_s)
 
-    def begin(self, job: GenerationJob) -> StartDecision:
+    def begin(self, job: QueuedJob) -> StartDecision:
         now = time.time()
         outcome = self._scripts.begin(
             job,
@@ -121,13 +121,13 @@ class RedisJobControl:
         log.info("job %s attempt %d not run: %s", job.id, job.attempt, outcome)
         return StartDecision.EXPIRED if outcome == JobStatus.EXPIRED else StartDecision.SKIP
 
-    def claim_output(self, job: GenerationJob) -> bool:
+    def claim_output(self, job: QueuedJob) -> bool:
         return self._scripts.claim_output(job, self._worker_id)
 
-    def should_stop(self, job: GenerationJob) -> bool:
+    def should_stop(self, job: QueuedJob) -> bool:
         return self.running.should_stop(job)
 
-    def end(self, job: GenerationJob, terminal: TerminalEvent) -> bool:
+    def end(self, job: QueuedJob, terminal: TerminalEvent) -> bool:
         self.running.remove(job)
         if job.tenant is not None and isinstance(terminal, DoneEvent):
             # The key's token quota learns what the job generated (its prompt was charged at
@@ -138,7 +138,7 @@ class RedisJobControl:
             job,
             self._worker_id,
             now,
-            status=JobStatus.DONE if isinstance(terminal, DoneEvent) else JobStatus.FAILED,
+            status=JobStatus.FAILED if isinstance(terminal, ErrorEvent) else JobStatus.DONE,
             error=terminal.code if isinstance(terminal, ErrorEvent) else "",
             window_start=now - self._settings.drain_window_s,
             ttl_s=self._settings.record_ttl_s,

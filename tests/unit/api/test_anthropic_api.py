@@ -9,7 +9,7 @@ from api.anthropic import serving
 from api.anthropic.protocol import MessagesRequest
 from api.errors import ApiError, ErrorKind, NoWorkerError, QueueFullError
 from tests.fakes import EOS
-from tests.unit.api.harness import MODEL, Harness
+from tests.unit.api.harness import MODEL, N_CTX, Harness
 
 BODY = {"model": MODEL, "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -212,13 +212,16 @@ async def test_malformed_json_is_400(harness: Harness) -> None:
     assert "JSON" in response.json()["error"]["message"]
 
 
-async def test_context_overflow_is_400_before_the_stream(harness: Harness) -> None:
-    response = await harness.call("/v1/messages", {**BODY, "max_tokens": 1000, "stream": True})
-    assert response.status_code == 400
-    assert response.json()["error"]["type"] == "invalid_request_error"
-    assert "context" in response.json()["error"]["message"]
-    # The API refused it itself: it never admitted a job (which the worker would refuse too).
-    assert harness.recorded_jobs() == []
+async def test_max_tokens_beyond_the_context_is_capped_to_the_room_left(
+    harness: Harness,
+) -> None:
+    # LangChain sends 4096, LiteLLM 128000: the answer ends where the context does.
+    harness.engine.pieces = [b"x"] * (N_CTX * 2)
+    response = await harness.call("/v1/messages", {**BODY, "max_tokens": 128000})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["stop_reason"] == "max_tokens"
+    assert body["usage"]["output_tokens"] == N_CTX - harness.engine.prompt_len
 
 
 async def test_worker_failure_mid_stream_is_an_error_event(harness: Harness) -> None:
