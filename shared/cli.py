@@ -16,13 +16,13 @@ from typing import Annotated
 from urllib.parse import urlparse
 
 import typer
-from redis import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 
 from shared.exits import ExitStatus
+from shared.redis_clients import sync_redis
 from shared.registry import live_workers_now
-from shared.settings import DEFAULT_MODEL, ApiSettings
+from shared.settings import DEFAULT_MODEL, ApiSettings, Settings
 from shared.supervise import Child, Death, Supervisor, worker_restartable
 
 COMMANDS_GROUP = "tokenq.commands"
@@ -59,13 +59,13 @@ def up(
     url = f"http://{host}:{port}"
     me = [sys.executable, "-m", "shared.cli"]
     children = []
-    if not _redis_answers(settings.redis_url):
-        children.append(_redis_child(settings.redis_url))
+    if not settings.redis_sentinels and not _redis_answers(settings):
+        children.append(_redis_child(settings))
     children += [
         Child(
             "worker",
             [*me, "worker", "--model", model],
-            ready=lambda child: _worker_registered(settings.redis_url, model, child.pid),
+            ready=lambda child: _worker_registered(settings, model, child.pid),
             restartable=worker_restartable,
         ),
         Child("api", [*me, "api", "--host", host, "--port", str(port)], ready=_healthy(url)),
@@ -126,10 +126,10 @@ def _announce(url: str, model: str) -> None:
     )
 
 
-def _worker_registered(redis_url: str, model: str, pid: int | None) -> bool:
+def _worker_registered(settings: Settings, model: str, pid: int | None) -> bool:
     """Whether the worker with this pid (on this host) has registered."""
     try:
-        redis = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        redis = sync_redis(settings, socket_connect_timeout=1, socket_timeout=1)
         workers = live_workers_now(redis, model)
     except RedisError:
         return False
@@ -144,14 +144,15 @@ def _healthy(url: str) -> Callable[[Child], bool]:
     return check
 
 
-def _redis_answers(url: str) -> bool:
+def _redis_answers(settings: Settings) -> bool:
     try:
-        return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
+        return bool(sync_redis(settings, socket_connect_timeout=1).ping())
     except RedisError:
         return False
 
 
-def _redis_child(url: str) -> Child:
+def _redis_child(settings: Settings) -> Child:
+    url = settings.redis_url
     server = shutil.which("redis-server")
     if server is None:
         console.print("[red]no Redis answers at[/] " + url + " [red]and redis-server is missing[/]")
@@ -159,7 +160,7 @@ def _redis_child(url: str) -> Child:
     parsed = urlparse(url)
     argv = [server, "--port", str(parsed.port or 6379), "--bind", parsed.hostname or "127.0.0.1"]
     argv += ["--save", "", "--appendonly", "no"]
-    return Child("redis", argv, ready=lambda child: _redis_answers(url), echo=False)
+    return Child("redis", argv, ready=lambda child: _redis_answers(settings), echo=False)
 
 
 def _ready(url: str) -> bool:

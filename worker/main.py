@@ -11,13 +11,12 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from redis import Redis
-
 from shared.exits import ExitStatus
 from shared.lifecycle.worker_side import RedisJobControl, RunGate, RunningJobs
 from shared.metrics import WorkerMetrics
 from shared.model_facts import describe
 from shared.queues import model_queue
+from shared.redis_clients import sync_redis
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
 from worker.batch_engine import BatchEngine
@@ -43,9 +42,7 @@ def run_worker(settings: WorkerSettings) -> None:
     gguf = settings.gguf_path()
     log.info("loading %s for model %s", gguf, settings.model)
     timeout = settings.redis_timeout_s
-    control_redis = Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    control_redis = sync_redis(settings, socket_timeout=timeout, socket_connect_timeout=timeout)
     # Describing the file (hash, metadata) overlaps with loading the weights.
     facts = ThreadPoolExecutor(max_workers=1).submit(describe, control_redis, gguf)
     engine = BatchEngine(
@@ -85,7 +82,7 @@ def run_worker(settings: WorkerSettings) -> None:
     )
     observer.loaded(info, engine.info)
     max_running = settings.limits(settings.model).max_running
-    publisher = BatchingPublisher(control_redis)
+    publisher = BatchingPublisher(control_redis, settings.events_retention_s)
     running = RunningJobs(control_redis, info.worker_id, settings.cancel_check_s)
     slots = []
     leases: list[Lease] = [running]
@@ -109,7 +106,7 @@ def run_worker(settings: WorkerSettings) -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     with Heartbeat(
-        Redis.from_url(settings.redis_url, socket_timeout=timeout),
+        sync_redis(settings, socket_timeout=timeout, socket_connect_timeout=timeout),
         info,
         interval_s=settings.heartbeat_interval_s,
         ttl_s=settings.heartbeat_ttl_s,
@@ -119,7 +116,7 @@ def run_worker(settings: WorkerSettings) -> None:
         serve_slots(
             slots,
             lambda: model_queue(
-                Redis.from_url(settings.redis_url, health_check_interval=10), settings.model
+                sync_redis(settings, health_check_interval=10), settings.model
             ),
             settings.heartbeat_ttl_s,
             stopping,

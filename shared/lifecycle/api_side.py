@@ -6,15 +6,17 @@ from collections.abc import Sequence
 from redis.asyncio import Redis as AsyncRedis
 
 from shared import keys
+from shared.eventlog import append_and_publish
 from shared.events import ErrorCode, ErrorEvent
 from shared.lifecycle.record import JobRecord, JobStatus
 from shared.lifecycle.scripts import ApiScripts
 
 
 class ApiJobs:
-    def __init__(self, redis: AsyncRedis, record_ttl_s: int) -> None:
+    def __init__(self, redis: AsyncRedis, record_ttl_s: int, events_retention_s: int = 600) -> None:
         self._redis = redis
         self._ttl = record_ttl_s
+        self._retention_s = events_retention_s
         self._scripts = ApiScripts(redis)
 
     async def record(self, job_id: str) -> JobRecord | None:
@@ -45,7 +47,9 @@ class ApiJobs:
         before = await self._scripts.cancel(job_id, model, time.time(), self._ttl)
         if before in (JobStatus.QUEUED, JobStatus.RUNNING):
             event = ErrorEvent(code=ErrorCode.CANCELLED, message="the job was cancelled")
-            await self._redis.publish(keys.events_channel(job_id), event.model_dump_json())
+            pipe = self._redis.pipeline(transaction=False)
+            append_and_publish(pipe, [(job_id, event.model_dump_json())], self._retention_s)
+            await pipe.execute()
         return before
 
     async def position(self, record: JobRecord) -> int | None:
