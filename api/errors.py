@@ -70,6 +70,13 @@ class JobNotCancellableError(InvalidRequestError):
     status, code = 409, "job_not_cancellable"
 
 
+class IdempotencyKeyReusedError(InvalidRequestError):
+    """The Idempotency-Key was used before with another request (IETF's idempotency-key
+    draft: 422)."""
+
+    status, code = 422, "idempotency_key_reused"
+
+
 class JobCancelledError(ApiError):
     status, kind, code = 409, ErrorKind.INVALID_REQUEST, "job_cancelled"
 
@@ -101,7 +108,13 @@ class QueueFullError(ApiError):
 
 
 class BackendUnavailableError(ApiError):
+    """Redis does not answer (restarting, failing over): the request may be retried."""
+
     status, kind, code = 503, ErrorKind.UNAVAILABLE, "backend_unavailable"
+    retry_after_s = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class DeadlineExceededError(ApiError):

@@ -12,6 +12,7 @@ from api.anthropic.protocol import CountTokensRequest, Message, MessagesRequest,
 from api.deps import RequestIdDep, StateDep
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import answer
+from api.resume import ResumptionDep
 from api.submit import count_prompt, submit
 from shared.job import Flavour
 
@@ -25,17 +26,12 @@ async def messages(
     body: MessagesRequest,
     state: StateDep,
     observation: ObservationDep,
+    via: ResumptionDep,
     request_id: RequestIdDep = None,
 ) -> Message | Response:
     job = body.to_job(state.job_deadline(), request_id)
-    stream = await submit(state, job, observation)
-    return await answer(
-        stream,
-        body.stream,
-        # message_start carries the input tokens before the worker has reported any usage.
-        lambda: serving.MessageStreamEncoder(job, stream.prompt_tokens),
-        lambda text, done: serving.message(job, text, done),
-    )
+    fmt = serving.MessagesFormat()
+    return await answer(await submit(state, job, observation, fmt, via), fmt)
 
 
 @router.post("/messages/count_tokens")

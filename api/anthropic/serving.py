@@ -1,6 +1,9 @@
 """Neutral events to Anthropic messages and stream events; API errors to Anthropic's envelope."""
 
+from typing import Literal
+
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from api.anthropic.protocol import (
     ContentBlockDeltaEvent,
@@ -23,7 +26,6 @@ from api.anthropic.protocol import (
 )
 from api.errors import ApiError, ErrorKind
 from api.relay import StreamEncoder
-from api.sse import format_sse
 from shared.events import DoneEvent, FinishReason, TokenEvent
 from shared.job import GenerationJob
 
@@ -77,10 +79,6 @@ def message(job: GenerationJob, text: str, done: DoneEvent) -> Message:
     )
 
 
-def _frame(event: StreamEvent) -> bytes:
-    return format_sse(event.model_dump_json(), event=event.type)
-
-
 class MessageStreamEncoder(StreamEncoder):
     """message_start, content_block_start, ping, content_block_delta..., content_block_stop,
     message_delta, message_stop; or an `error` event once the stream has started."""
@@ -99,27 +97,43 @@ class MessageStreamEncoder(StreamEncoder):
             usage=Usage(input_tokens=self.input_tokens, output_tokens=0),
         )
         return [
-            _frame(MessageStartEvent(message=started)),
-            _frame(ContentBlockStartEvent(content_block=TextBlock(text=""))),
-            _frame(PingEvent()),
+            self._frame(MessageStartEvent(message=started)),
+            self._frame(ContentBlockStartEvent(content_block=TextBlock(text=""))),
+            self._frame(PingEvent()),
         ]
 
     def token(self, event: TokenEvent) -> list[bytes]:
-        return [_frame(ContentBlockDeltaEvent(delta=TextDelta(text=event.text)))]
+        return [self._frame(ContentBlockDeltaEvent(delta=TextDelta(text=event.text)))]
 
     def done(self, event: DoneEvent) -> list[bytes]:
         delta = MessageDelta(
             stop_reason=_STOP_REASONS[event.finish_reason], stop_sequence=event.stop_sequence
         )
         return [
-            _frame(ContentBlockStopEvent()),
-            _frame(
+            self._frame(ContentBlockStopEvent()),
+            self._frame(
                 MessageDeltaEvent(
                     delta=delta, usage=DeltaUsage(output_tokens=event.usage.completion_tokens)
                 )
             ),
-            _frame(MessageStopEvent()),
+            self._frame(MessageStopEvent()),
         ]
 
     def error(self, error: ApiError) -> list[bytes]:
-        return [_frame(error_body(error))]
+        return [self._frame(error_body(error))]
+
+    def _frame(self, event: StreamEvent | ErrorResponse) -> bytes:
+        return self.sse(event.model_dump_json(), event=event.type)
+
+
+class MessagesFormat(BaseModel):
+    """How a Messages request wants its answer (kept to resume its stream)."""
+
+    kind: Literal["anthropic.messages"] = "anthropic.messages"
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> MessageStreamEncoder:
+        # message_start carries the input tokens before the worker has reported any usage.
+        return MessageStreamEncoder(job, prompt_tokens)
+
+    def whole(self, job: GenerationJob, text: str, done: DoneEvent) -> Message:
+        return message(job, text, done)

@@ -17,6 +17,7 @@ from api.ollama.catalog import PsResponse, ShowRequest, ShowResponse, TagsRespon
 from api.ollama.protocol import ChatDone, ChatRequest, GenerateDone, GenerateRequest
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import answer
+from api.resume import ResumptionDep
 from api.submit import submit
 from shared.job import Flavour
 
@@ -39,6 +40,7 @@ async def generate(
     body: GenerateRequest,
     state: StateDep,
     observation: ObservationDep,
+    via: ResumptionDep,
     request_id: RequestIdDep = None,
 ) -> GenerateDone | Response:
     if not body.prompt:
@@ -47,12 +49,8 @@ async def generate(
     job = await serving.fit_context(
         state, body.to_job(state.job_deadline(), request_id), body.options.num_ctx
     )
-    return await answer(
-        await submit(state, job, observation),
-        body.stream,
-        lambda: serving.GenerateEncoder(job, body.model),
-        lambda text, done: serving.generate_done(job, body.model, text, done),
-    )
+    fmt = serving.GenerateFormat(name=body.model)
+    return await answer(await submit(state, job, observation, fmt, via), fmt)
 
 
 @router.post("/api/chat", response_model=None)
@@ -60,6 +58,7 @@ async def chat(
     body: ChatRequest,
     state: StateDep,
     observation: ObservationDep,
+    via: ResumptionDep,
     request_id: RequestIdDep = None,
 ) -> ChatDone | Response:
     if not body.messages:
@@ -68,12 +67,8 @@ async def chat(
     job = await serving.fit_context(
         state, body.to_job(state.job_deadline(), request_id), body.options.num_ctx
     )
-    return await answer(
-        await submit(state, job, observation),
-        body.stream,
-        lambda: serving.ChatEncoder(job, body.model),
-        lambda text, done: serving.chat_done(job, body.model, text, done),
-    )
+    fmt = serving.ChatFormat(name=body.model)
+    return await answer(await submit(state, job, observation, fmt, via), fmt)
 
 
 @router.get("/api/tags")

@@ -9,6 +9,7 @@ The final line's durations are measured, in nanoseconds:
 """
 
 import time
+from typing import Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -146,3 +147,29 @@ class ChatEncoder(_OllamaEncoder):
 
     def done(self, event: DoneEvent) -> list[bytes]:
         return [line(chat_done(self.job, self.name, "", event))]
+
+
+class GenerateFormat(BaseModel):
+    """How a generate request wants its answer; `name`: the model name it gave (echoed)."""
+
+    kind: Literal["ollama.generate"] = "ollama.generate"
+    name: str
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> GenerateEncoder:
+        return GenerateEncoder(job, self.name)
+
+    def whole(self, job: GenerationJob, text: str, done: DoneEvent) -> GenerateDone:
+        return generate_done(job, self.name, text, done)
+
+
+class ChatFormat(BaseModel):
+    """How a chat request wants its answer; `name`: the model name it gave (echoed)."""
+
+    kind: Literal["ollama.chat"] = "ollama.chat"
+    name: str
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> ChatEncoder:
+        return ChatEncoder(job, self.name)
+
+    def whole(self, job: GenerationJob, text: str, done: DoneEvent) -> ChatDone:
+        return chat_done(job, self.name, text, done)

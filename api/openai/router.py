@@ -16,6 +16,7 @@ from api.openai.protocol import (
 )
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import answer
+from api.resume import ResumptionDep
 from api.submit import submit
 from shared.job import Flavour
 
@@ -29,15 +30,12 @@ async def chat_completions(
     body: ChatCompletionRequest,
     state: StateDep,
     observation: ObservationDep,
+    via: ResumptionDep,
     request_id: RequestIdDep = None,
 ) -> ChatCompletion | Response:
     job = body.to_job(state.job_deadline(), request_id)
-    return await answer(
-        await submit(state, job, observation),
-        body.stream,
-        lambda: serving.ChatStreamEncoder(job, body.include_usage),
-        lambda text, done: serving.chat_completion(job, text, done),
-    )
+    fmt = serving.ChatFormat(include_usage=body.include_usage)
+    return await answer(await submit(state, job, observation, fmt, via), fmt)
 
 
 @router.post("/completions", response_model=None)
@@ -45,15 +43,12 @@ async def completions(
     body: CompletionRequest,
     state: StateDep,
     observation: ObservationDep,
+    via: ResumptionDep,
     request_id: RequestIdDep = None,
 ) -> Completion | Response:
     job = body.to_job(state.job_deadline(), request_id)
-    return await answer(
-        await submit(state, job, observation),
-        body.stream,
-        lambda: serving.CompletionStreamEncoder(job, body.include_usage),
-        lambda text, done: serving.completion(job, text, done),
-    )
+    fmt = serving.CompletionFormat(include_usage=body.include_usage)
+    return await answer(await submit(state, job, observation, fmt, via), fmt)
 
 
 @router.get("/models")

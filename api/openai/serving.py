@@ -1,6 +1,9 @@
 """Neutral events to OpenAI responses and stream chunks."""
 
+from typing import Literal
+
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from api.errors import ApiError, ErrorKind
 from api.openai.protocol import (
@@ -19,7 +22,6 @@ from api.openai.protocol import (
     now,
 )
 from api.relay import StreamEncoder
-from api.sse import format_sse
 from shared.events import DoneEvent, TokenEvent, Usage
 from shared.events import FinishReason as NeutralFinish
 from shared.job import GenerationJob
@@ -33,7 +35,6 @@ _ERROR_TYPES = {
     ErrorKind.INTERNAL: "server_error",
 }
 
-DONE_FRAME = format_sse("[DONE]")
 
 
 def error_body(error: ApiError) -> ErrorResponse:
@@ -99,11 +100,11 @@ class _OpenAIEncoder(StreamEncoder):
         self.created = now()
 
     def error(self, error: ApiError) -> list[bytes]:
-        return [format_sse(error_body(error).model_dump_json()), DONE_FRAME]
+        return [self.sse(error_body(error).model_dump_json()), self.sse("[DONE]")]
 
     def _frame(self, chunk: ChatCompletionChunk | Completion) -> bytes:
         # OpenAI sends `"usage": null` on every chunk only when usage was asked for.
-        return format_sse(chunk.model_dump_json(exclude=None if self.include_usage else {"usage"}))
+        return self.sse(chunk.model_dump_json(exclude=None if self.include_usage else {"usage"}))
 
 
 class ChatStreamEncoder(_OpenAIEncoder):
@@ -129,7 +130,7 @@ class ChatStreamEncoder(_OpenAIEncoder):
         frames = [self._chunk(Delta(), finish=finish_reason(event))]
         if self.include_usage:
             frames.append(self._chunk(Delta(), usage=usage_info(event.usage)))
-        return [*frames, DONE_FRAME]
+        return [*frames, self.sse("[DONE]")]
 
 
 class CompletionStreamEncoder(_OpenAIEncoder):
@@ -152,4 +153,30 @@ class CompletionStreamEncoder(_OpenAIEncoder):
         frames = [self._chunk("", finish=finish_reason(event))]
         if self.include_usage:
             frames.append(self._chunk("", usage=usage_info(event.usage)))
-        return [*frames, DONE_FRAME]
+        return [*frames, self.sse("[DONE]")]
+
+
+class ChatFormat(BaseModel):
+    """How a chat completion request wants its answer (kept to resume its stream)."""
+
+    kind: Literal["openai.chat"] = "openai.chat"
+    include_usage: bool = False
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> ChatStreamEncoder:
+        return ChatStreamEncoder(job, self.include_usage)
+
+    def whole(self, job: GenerationJob, text: str, done: DoneEvent) -> ChatCompletion:
+        return chat_completion(job, text, done)
+
+
+class CompletionFormat(BaseModel):
+    """How a completion request wants its answer (kept to resume its stream)."""
+
+    kind: Literal["openai.completion"] = "openai.completion"
+    include_usage: bool = False
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> CompletionStreamEncoder:
+        return CompletionStreamEncoder(job, self.include_usage)
+
+    def whole(self, job: GenerationJob, text: str, done: DoneEvent) -> Completion:
+        return completion(job, text, done)

@@ -10,6 +10,8 @@ synchronous (RQ's enqueue is); the API runs them in a thread.
 
 import math
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 
 from redis import Redis
@@ -20,7 +22,7 @@ from redis.typing import EncodableT, FieldT
 from shared import keys
 from shared.events import ErrorCode
 from shared.job import GenerationJob
-from shared.lifecycle.record import JobRecord, JobStatus, queued_fields, rq_job_id
+from shared.lifecycle.record import JobRecord, JobStatus, as_text, queued_fields, rq_job_id
 from shared.queues import GENERATE_TASK, model_queue
 from shared.settings import Settings
 
@@ -28,14 +30,55 @@ _RESULT_TTL_S = 300
 _FAILURE_TTL_S = 3600
 
 
-def admit(redis: Redis, job: GenerationJob, settings: Settings) -> int | None:
-    """Record and enqueue `job` unless its model is full; None when admitted, else the depth."""
+@dataclass(frozen=True)
+class Extras:
+    """What is written with a job in its admission's transaction, besides its record.
+
+    `spec`: the job as the API reads it back to resume its stream on any replica.
+    `idempotency_key` (a Redis key, `keys.idempotency_key`): admit only if no job holds it
+    yet, and hold it with the request's `fingerprint` for `idempotency_ttl_s`.
+    """
+
+    spec: str
+    idempotency_key: str | None = None
+    fingerprint: str = ""
+    idempotency_ttl_s: int = 1
+
+
+class KeyTaken(Exception):
+    """The Idempotency-Key already belongs to an admitted job."""
+
+    def __init__(self, job_id: str, fingerprint: str) -> None:
+        super().__init__(f"the idempotency key belongs to job {job_id}")
+        self.job_id = job_id
+        self.fingerprint = fingerprint
+
+
+def holder(raw: Mapping[bytes | str, bytes | str]) -> KeyTaken | None:
+    """The job holding an idempotency key, from its hash as HGETALL returns it."""
+    fields = {as_text(k): as_text(v) for k, v in raw.items()}
+    if "job" not in fields:
+        return None
+    return KeyTaken(fields["job"], fields.get("fingerprint", ""))
+
+
+def admit(
+    redis: Redis, job: GenerationJob, settings: Settings, extras: Extras | None = None
+) -> int | None:
+    """Record and enqueue `job` unless its model is full; None when admitted, else the depth.
+
+    Raises KeyTaken when `extras` name an idempotency key another job holds.
+    """
     waiting = keys.waiting_jobs(job.model)
     limit = settings.limits(job.model).max_queued
+    claim = extras.idempotency_key if extras is not None else None
     with redis.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(waiting)  # type: ignore[no-untyped-call]
+                pipe.watch(waiting, *([claim] if claim else []))  # type: ignore[no-untyped-call]
+                if claim and (taken := holder(pipe.hgetall(claim))) is not None:
+                    pipe.unwatch()
+                    raise taken
                 now = time.time()
                 depth = int(pipe.zcount(waiting, now, "+inf"))
                 if depth >= limit:
@@ -46,6 +89,17 @@ def admit(redis: Redis, job: GenerationJob, settings: Settings) -> int | None:
                 _enqueue(pipe, redis, job, settings, at_front=False)
                 pipe.hset(keys.job_record(job.id), mapping=queued_fields(job))
                 pipe.expire(keys.job_record(job.id), settings.record_ttl_s)
+                # The request that admits the job is its first listener (api/stream.py).
+                pipe.set(keys.job_listeners(job.id), 1, ex=settings.record_ttl_s)
+                if extras is not None:
+                    pipe.set(keys.job_spec(job.id), extras.spec, ex=settings.record_ttl_s)
+                    if claim:
+                        held: dict[FieldT, EncodableT] = {
+                            "job": job.id,
+                            "fingerprint": extras.fingerprint,
+                        }
+                        pipe.hset(claim, mapping=held)
+                        pipe.expire(claim, extras.idempotency_ttl_s)
                 pipe.execute()
                 return None
             except WatchError:
