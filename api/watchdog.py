@@ -35,12 +35,14 @@ class Watchdog:
         self._interval_s = interval_s
         self._inboxes: dict[str, Inbox] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="watchdog")
 
     async def aclose(self) -> None:
+        self._closing = True  # a cancellation a Redis client swallows still ends the loop
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -59,7 +61,7 @@ class Watchdog:
         return len(self._inboxes)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.round()

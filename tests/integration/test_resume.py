@@ -113,7 +113,9 @@ def test_events_after_n_in_the_anthropic_format_of_the_original_request(
     ) as response:
         job_id = response.headers["X-Job-Id"]
         frames = list(sse_frames(response))
-    deltas = [json.loads(f.data)["delta"]["text"] for f in frames if f.event == "content_block_delta"]
+    deltas = [
+        json.loads(f.data)["delta"]["text"] for f in frames if f.event == "content_block_delta"
+    ]
     assert frames[0].event == "message_start" and frames[0].id == 0
     assert len(deltas) > 3
 
