@@ -183,7 +183,7 @@ def _content(response: httpx.Response) -> str:
         return str(response.json()["choices"][0]["message"]["content"])
     chunks = [
         json.loads(line.removeprefix("data: "))
-        for line in response.text.split("\n\n")
+        for line in response.text.splitlines()
         if line.startswith("data: {")
     ]
     return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])

@@ -16,6 +16,7 @@ from api.observe import RequestObservation
 from shared import keys, registry
 from shared.events import DoneEvent, FinishReason, Timings, Usage
 from shared.job import Flavour, GenerationJob
+from shared.lifecycle.admission import Extras
 from shared.metrics import ApiMetrics
 from shared.queues import model_queue
 from shared.settings import Settings
@@ -151,9 +152,11 @@ async def test_request_id_is_returned_and_reaches_the_job(
     enqueued: list[GenerationJob] = []
     admit = submit.admit
 
-    def recording(redis: Redis, job: GenerationJob, settings: Settings) -> int | None:
+    def recording(
+        redis: Redis, job: GenerationJob, settings: Settings, extras: Extras | None = None
+    ) -> int | None:
         enqueued.append(job)
-        return admit(redis, job, settings)
+        return admit(redis, job, settings, extras)
 
     monkeypatch.setattr(submit, "admit", recording)
     harness.client.headers["X-Request-ID"] = "trace-42"
