@@ -89,6 +89,13 @@ class PermissionDeniedError(ApiError):
     rejection = RejectReason.FORBIDDEN
 
 
+class IdempotencyKeyReusedError(InvalidRequestError):
+    """The Idempotency-Key was used before with another request (IETF's idempotency-key
+    draft: 422)."""
+
+    status, code = 422, "idempotency_key_reused"
+
+
 class JobCancelledError(ApiError):
     status, kind, code = 409, ErrorKind.INVALID_REQUEST, "job_cancelled"
 
@@ -153,7 +160,13 @@ class RateLimitedError(ApiError):
 
 
 class BackendUnavailableError(ApiError):
+    """Redis does not answer (restarting, failing over): the request may be retried."""
+
     status, kind, code = 503, ErrorKind.UNAVAILABLE, "backend_unavailable"
+    retry_after_s = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class DeadlineExceededError(ApiError):

@@ -62,15 +62,17 @@ class EventHub:
             await subscriber.aclose()
 
     async def subscribe(self, job_id: str, inbox: Inbox) -> None:
-        """Deliver the job's events to `inbox` from now on; returns once Redis confirmed the
-        subscription, raises a RedisError when it did not within the Redis timeout."""
+        """Deliver the job's events to `inbox` from now on (several streams of one job share
+        one subscription); returns once Redis confirmed the subscription, raises a RedisError
+        when it did not within the Redis timeout."""
         channel = keys.events_channel(job_id).encode()
         await self._subscriber(channel).subscribe(channel, inbox)
 
-    async def unsubscribe(self, job_id: str) -> None:
-        """Stop delivering the job's events (a no-op for a job that has no subscription)."""
+    async def unsubscribe(self, job_id: str, inbox: Inbox) -> None:
+        """Stop delivering the job's events to `inbox` (a no-op if it gets none); the channel
+        is unsubscribed with its last inbox."""
         channel = keys.events_channel(job_id).encode()
-        await self._subscriber(channel).unsubscribe(channel)
+        await self._subscriber(channel).unsubscribe(channel, inbox)
 
     @property
     def connected(self) -> int:
@@ -97,7 +99,7 @@ class _Subscriber:
         self._index = index
         self._connect = connect
         self._timeout_s = timeout_s
-        self._inboxes: dict[bytes, Inbox] = {}
+        self._inboxes: dict[bytes, list[Inbox]] = {}  # the streams listening, per channel
         self._unconfirmed: dict[bytes, asyncio.Future[None]] = {}
         # The connection being read; every channel in `_inboxes` is subscribed on it, or
         # about to be. None while there is none: the reader subscribes them all on the next.
@@ -129,10 +131,22 @@ class _Subscriber:
     async def subscribe(self, channel: bytes, inbox: Inbox) -> None:
         if self._task is None:
             raise RuntimeError("the event hub was not started")
-        if channel in self._inboxes:
-            raise ValueError(f"{channel!r} already has a listener")
+        listening = self._inboxes.get(channel)
+        if listening is not None:  # another stream of the same job: share its subscription
+            listening.append(inbox)
+            pending = self._unconfirmed.get(channel)
+            try:
+                if pending is not None:
+                    await asyncio.wait_for(asyncio.shield(pending), self._timeout_s)
+            except TimeoutError:
+                self._forget(channel, inbox)
+                raise RedisTimeoutError("Redis did not confirm the subscription") from None
+            except BaseException:
+                self._forget(channel, inbox)
+                raise
+            return
         confirmed = asyncio.get_running_loop().create_future()
-        self._inboxes[channel] = inbox
+        self._inboxes[channel] = [inbox]
         self._unconfirmed[channel] = confirmed
         self._wanted.set()
         conn = self._conn
@@ -141,7 +155,7 @@ class _Subscriber:
                 # A failed send closes `conn`; the reader then subscribes it on the next one.
                 with contextlib.suppress(RedisError, OSError):
                     await _send(conn, "SUBSCRIBE", channel)
-            await asyncio.wait_for(confirmed, self._timeout_s)
+            await asyncio.wait_for(asyncio.shield(confirmed), self._timeout_s)
         except TimeoutError:
             self._forget(channel, inbox)
             if self._conn is not None:  # it does not answer: the reader opens another
@@ -151,20 +165,24 @@ class _Subscriber:
             self._forget(channel, inbox)
             raise
 
-    async def unsubscribe(self, channel: bytes) -> None:
-        inbox = self._inboxes.get(channel)
-        if inbox is None:
+    async def unsubscribe(self, channel: bytes, inbox: Inbox) -> None:
+        if inbox not in self._inboxes.get(channel, ()):
             return
         self._forget(channel, inbox)
         conn = self._conn
-        if conn is not None:  # else the next connection will not subscribe it
+        if channel not in self._inboxes and conn is not None:  # else not subscribed again
             with contextlib.suppress(RedisError, OSError):
                 await _send(conn, "UNSUBSCRIBE", channel)
 
     def _forget(self, channel: bytes, inbox: Inbox) -> None:
-        if self._inboxes.get(channel) is inbox:
-            del self._inboxes[channel]
-            self._unconfirmed.pop(channel, None)
+        listening = self._inboxes.get(channel)
+        if listening is not None and inbox in listening:
+            listening.remove(inbox)
+            if not listening:
+                del self._inboxes[channel]
+                pending = self._unconfirmed.pop(channel, None)
+                if pending is not None and not pending.done():
+                    pending.cancel()
 
     async def _run(self) -> None:
         while True:
@@ -234,9 +252,10 @@ class _Subscriber:
             return  # a PING's answer
         kind, channel = reply[0], reply[1]
         if kind == b"message":
-            inbox = self._inboxes.get(channel)
-            if inbox is not None:
-                inbox.put_event(reply[2])
+            listening = self._inboxes.get(channel)
+            if listening is not None:
+                for inbox in listening:
+                    inbox.put_event(reply[2])
             else:  # its stream closed while the connection subscribed it again
                 await _send(conn, "UNSUBSCRIBE", channel)
         elif kind == b"subscribe":
@@ -251,8 +270,9 @@ class _Subscriber:
         for confirmed in self._unconfirmed.values():
             if not confirmed.done():
                 confirmed.set_exception(exc)
-        for inbox in self._inboxes.values():
-            inbox.fail(exc)
+        for listening in self._inboxes.values():
+            for inbox in listening:
+                inbox.fail(exc)
         self._unconfirmed.clear()
         self._inboxes.clear()
 

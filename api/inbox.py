@@ -38,6 +38,11 @@ class Inbox:
         self._events.append(data)
         self._wake.set()
 
+    def put_replayed(self, events: list[bytes]) -> None:
+        """Events read back from the job's log: they come before any still unread."""
+        self._events.extendleft(reversed(events))
+        self._wake.set()
+
     def put_reading(self, reading: Reading) -> None:
         self._reading = reading
         self._wake.set()

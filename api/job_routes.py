@@ -1,5 +1,6 @@
-"""Job routes any API replica answers: `GET /v1/jobs/{id}` (state, queue position) and
-`DELETE /v1/jobs/{id}` (cancel). Errors come in the OpenAI shape, as the rest of `/v1`.
+"""Job routes any API replica answers: `GET /v1/jobs/{id}` (state, queue position),
+`DELETE /v1/jobs/{id}` (cancel) and `GET /v1/jobs/{id}/events` (its stream, resumed). Errors
+come in the OpenAI shape, as the rest of `/v1`.
 
 `{id}` is the job id, or any response id that ends in it (`chatcmpl-<id>`, `cmpl-<id>`), so
 a streaming client can cancel from the id of its first chunk or its `X-Job-Id` header.
@@ -9,13 +10,15 @@ import re
 import time
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 from api.deps import StateDep
 from api.errors import JobNotCancellableError, JobNotFoundError
 from api.openai.serving import render_error
 from api.pipeline import flavour_route_class
+from api.relay import stream_response
+from api.resume import attach, last_event_id
 from api.state import AppState
 from shared.job import Flavour
 from shared.lifecycle import JobRecord, JobStatus
@@ -45,6 +48,20 @@ class JobView(BaseModel):
 async def get_job(job_id: str, state: StateDep) -> JobView:
     """A job's state, and its place in line while it waits."""
     return await _view(state, await _record(state, job_id))
+
+
+@router.get("/{job_id}/events", response_model=None)
+async def job_events(job_id: str, state: StateDep, request: Request) -> Response:
+    """The job's stream in the format of the request that submitted it (SSE for OpenAI and
+    Anthropic, NDJSON for Ollama), from the start or after the events the client has
+    (`Last-Event-ID` header or `?after=N`); the job then has this client as a listener."""
+    match = _JOB_ID.search(job_id)
+    if match is None:
+        raise JobNotFoundError(f"no job '{job_id}'", param="job_id")
+    after = last_event_id(request)
+    grace_s = state.settings.disconnect_grace_s
+    stream, spec = await attach(state, match.group(1), after=after, grace_s=grace_s)
+    return await stream_response(stream, lambda: spec.format.encoder(spec.job, spec.prompt_tokens))
 
 
 @router.delete("/{job_id}")

@@ -1,17 +1,22 @@
 """From a job's neutral events to a response: collect them, or stream them as frames.
 
-Flavours only say how each event looks on their wire; the order, the error handling and the
-clean-up live here once.
+Flavours only say how each event looks on their wire; the order, the error handling, the
+clean-up and the SSE ids live here once.
+
+SSE ids: every frame of a job's event at position p of its log (tokens 0, 1, ..., then the
+terminal event) has `id: p+1`, the number of the job's events the client then has; the frames
+a stream starts with (before any event) have `id: 0`. A client that reconnects with
+`Last-Event-ID: N` gets the frames of the events from position N on, and no start frames.
 """
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from fastapi.responses import StreamingResponse
 
 from api.errors import ApiError, from_event
-from api.sse import PING, format_comment
+from api.sse import PING, format_comment, format_sse
 from api.stream import JobStream, KeepAlive, Notice, Queued
 from shared.events import (
     ChoiceEndEvent,
@@ -27,6 +32,7 @@ from shared.events import (
 from shared.job import GenerationJob
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 @dataclass
@@ -104,9 +110,21 @@ class StreamEncoder:
     """A flavour's frames for one streamed job; subclasses fill in each frame."""
 
     media_type = "text/event-stream"
+    # The SSE id of the frames being encoded (set by the relay before each event).
+    event_id: int | None = None
+
+    def sse(self, data: str, event: str | None = None) -> bytes:
+        """An SSE frame with the current event's id."""
+        return format_sse(data, event, self.event_id)
 
     def start(self) -> list[bytes]:
         return []
+
+    def resumed(self) -> None:
+        """The stream resumes after `Last-Event-ID`: the client has the start frames (an
+        encoder that tracks what it opened there catches up). What an encoder holds back
+        while reading tool calls (api/tool_calls.py) is not replayed: a job offering tools
+        resumes with the rest of its output only."""
 
     def token(self, event: TokenEvent) -> list[bytes]:
         raise NotImplementedError
@@ -137,16 +155,21 @@ class StreamEncoder:
         return [PING] if self.media_type == "text/event-stream" else []
 
 
-async def answer(
-    stream: JobStream,
-    streaming: bool,
-    make_encoder: Callable[[], StreamEncoder],
-    whole: Callable[[Collected], T],
-) -> T | StreamingResponse:
-    """The job's answer: its frames as they come, or the response `whole` builds once it ended."""
-    if streaming:
-        return await stream_response(stream, make_encoder)
-    return whole(await collect(stream))
+class ResponseFormat(Protocol[T_co]):
+    """How a request wants its job's answer: its flavour's stream encoder, or whole."""
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> StreamEncoder: ...
+
+    def whole(self, job: GenerationJob, out: Collected) -> T_co: ...
+
+
+async def answer(stream: JobStream, fmt: ResponseFormat[T]) -> T | StreamingResponse:
+    """The job's answer: its frames as they come (a streamed job), or whole once it ended."""
+    job = stream.job
+    assert isinstance(job, GenerationJob), "an embedding job is answered by its route"
+    if job.stream:
+        return await stream_response(stream, lambda: fmt.encoder(job, stream.prompt_tokens))
+    return fmt.whole(job, await collect(stream))
 
 
 async def stream_response(
@@ -186,15 +209,22 @@ async def _frames(
     encoder: StreamEncoder,
 ) -> AsyncIterator[bytes]:
     try:
-        started = False
+        started = stream.after is not None  # a resumed stream: the client has the start
+        if started:
+            encoder.resumed()
         item: Event | Notice | None = first
         while item is not None:
             if not started and not isinstance(item, Queued | KeepAlive):
                 started = True
+                encoder.event_id = 0
                 for frame in encoder.start():
                     yield frame
             if isinstance(item, DoneEvent | ErrorEvent):
                 await encoder.settle(item)
+            if isinstance(item, TokenEvent | ChoiceEndEvent):
+                encoder.event_id = item.index + 1
+            elif not isinstance(item, Queued | KeepAlive):
+                encoder.event_id = stream.position + 1
             for frame in _encode(encoder, item):
                 yield frame
             item = await anext(rest, None)

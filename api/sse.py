@@ -3,9 +3,12 @@
 PING = b": ping\n\n"
 
 
-def format_sse(data: str, event: str | None = None) -> bytes:
-    """One SSE frame; `data` may span lines, each gets its own `data:` field."""
-    lines = [f"event: {event}"] if event else []
+def format_sse(data: str, event: str | None = None, event_id: int | None = None) -> bytes:
+    """One SSE frame; `data` may span lines, each gets its own `data:` field. `event_id`: the
+    `id:` a client sends back as `Last-Event-ID` to resume after this frame."""
+    lines = [f"id: {event_id}"] if event_id is not None else []
+    if event:
+        lines.append(f"event: {event}")
     lines.extend(f"data: {line}" for line in data.split("\n"))
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 

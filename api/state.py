@@ -14,6 +14,7 @@ from api.tokenizers import Tokenizers
 from api.watchdog import Watchdog
 from shared.lifecycle.api_side import ApiJobs
 from shared.metrics import ApiMetrics
+from shared.redis_clients import async_redis, sync_redis
 from shared.settings import ApiSettings
 from shared.tenancy.quota import Quotas
 
@@ -38,14 +39,14 @@ class AppState:
         backoff = ExponentialWithJitterBackoff(base=0.05, cap=0.5)
         return cls.build(
             settings,
-            AsyncRedis.from_url(
-                settings.redis_url,
+            async_redis(
+                settings,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 retry=AsyncRetry(backoff, 3),
             ),
-            Redis.from_url(
-                settings.redis_url,
+            sync_redis(
+                settings,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 retry=Retry(backoff, 3),
@@ -60,7 +61,7 @@ class AppState:
         sync_redis: Redis,
         tokenizers: Tokenizers | None = None,
     ) -> "AppState":
-        jobs = ApiJobs(redis, settings.record_ttl_s)
+        jobs = ApiJobs(redis, settings.record_ttl_s, settings.events_retention_s)
         return cls(
             settings,
             redis,

@@ -3,8 +3,14 @@
 The events come through the process's event hub (api/hub.py), and readings of the job's
 record from the process's watchdog (api/watchdog.py), both into the stream's inbox. The stream
 acts on each reading: a job still queued at its deadline is expired, a job whose worker died
-is requeued or failed (shared/lifecycle), and a stream that ends before its job did cancels
-the job (client gone, server shutting down, error).
+is requeued or failed (shared/lifecycle), and a stream that ends before its job did detaches
+from it (client gone, server shutting down, error): with no other client listening, the job
+is cancelled after the stream's grace, unless a client comes back for it meanwhile.
+
+A stream may start after the job's first events (a resumed stream, a retried request): it
+begins with what the job's log holds from its start position (shared/eventlog.py), then the
+live events, of which those it already has are skipped (by their position). Live token events
+that went missing (published while the hub reconnected) are read back from the log too.
 """
 
 import contextlib
@@ -21,6 +27,7 @@ from redis.exceptions import RedisError
 from api.inbox import Inbox, Reading
 from api.observe import RequestObservation
 from api.state import AppState
+from shared.eventlog import read_log
 from shared.events import (
     ChoiceEndEvent,
     DoneEvent,
@@ -75,8 +82,15 @@ class JobStream:
         job: AnyJob,
         prompt_tokens: int,
         observation: RequestObservation | None = None,
+        *,
+        after: int | None = None,
+        grace_s: float = 0.0,
     ) -> None:
+        """`after`: the events the client already has (None: a new stream, from the start);
+        `grace_s`: how long the job may run without a listener once this stream closed."""
         self.job = job
+        self.after = after
+        self._grace_s = grace_s
         self._state = state
         self._inbox = inbox  # subscribed and watched by `submit`; released by `aclose`
         self.prompt_tokens = prompt_tokens  # counted by the API, as the worker will count them
@@ -85,7 +99,7 @@ class JobStream:
         # The first event may wait for the whole queue deadline plus the prompt's evaluation.
         self._silent_until = max(job.deadline, time.time()) + state.settings.event_timeout_s
         self._seen_any = False
-        self._next_index = 0  # of the next token event: a gap means events were lost
+        self._next_index = after or 0  # the next event's position in the job's log
         self._ended = False
         self._closed = False
         self._notice: tuple[int | None, float] | None = None  # last position sent, when
@@ -103,20 +117,29 @@ class JobStream:
     ) -> None:
         await self.aclose()
 
+    @property
+    def position(self) -> int:
+        """The position in the job's log of the next event (tokens so far, with `after`)."""
+        return self._next_index
+
     async def aclose(self) -> None:
-        """Stop listening; cancel the job unless it has ended."""
+        """Stop listening; detach from the job unless it has ended (api/stream.py's doc)."""
         if self._closed:
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
             if not self._ended:
                 try:
-                    before = await self._state.jobs.cancel(self.job.id)
-                    log.info("job %s cancelled by its request (was %s)", self.job.id, before)
+                    await self._state.jobs.detach(self.job.id, self._grace_s)
+                    log.info(
+                        "job %s: its request left; cancelled unless a client is back within %gs",
+                        self.job.id,
+                        self._grace_s,
+                    )
                 except RedisError as exc:
-                    log.warning("could not cancel job %s: %s", self.job.id, exc)
+                    log.warning("could not detach from job %s: %s", self.job.id, exc)
             self._state.watchdog.unwatch(self.job.id)
-            await self._state.hub.unsubscribe(self.job.id)
+            await self._state.hub.unsubscribe(self.job.id, self._inbox)
 
     async def events(self, streaming: bool = False) -> AsyncIterator[Event | Notice]:
         """The job's events; `streaming` adds `Queued` notices while it waits and a
@@ -143,7 +166,10 @@ class JobStream:
             if data is not None:
                 self._seen_any = True
                 self._silent_until = time.time() + self._state.settings.event_timeout_s
-                return await self._in_order(parse_event(data))
+                event = await self._in_order(parse_event(data))
+                if event is not None:
+                    return event
+                continue
             reading = self._inbox.take_reading()
             if reading is not None:
                 item = await self._watch(reading, streaming)
@@ -160,12 +186,21 @@ class JobStream:
                 wake = min(wake, self._quiet_since + keepalive_s)
             await self._inbox.wait(wake - now)
 
-    async def _in_order(self, event: Event) -> Event:
-        """The event, or an error when token events went missing: published while the hub
-        was reconnecting to Redis, they are lost, and the answer would silently lack them."""
+    async def _in_order(self, event: Event) -> Event | None:
+        """The event; None for one the stream already has (read from the log, then live) or
+        one before events that went missing (published while the hub was reconnecting to
+        Redis), which are then read back from the log; an error when the log lacks them too,
+        as the answer would silently lack them."""
         if not isinstance(event, TokenEvent | ChoiceEndEvent):
             return event
-        if event.index != self._next_index:
+        if event.index < self._next_index:
+            return None
+        if event.index > self._next_index:
+            missing = await read_log(self._state.redis, self.job.id, self._next_index)
+            first = parse_event(missing[0]) if missing else None
+            if isinstance(first, TokenEvent | ChoiceEndEvent) and first.index == self._next_index:
+                self._inbox.put_replayed(missing)
+                return None
             log.warning(
                 "job %s: token %d arrived, %d expected; events were lost",
                 self.job.id,

@@ -13,21 +13,24 @@ import anyio
 from api.auth import Caller
 from api.errors import (
     ContextLengthExceededError,
+    IdempotencyKeyReusedError,
     InvalidRequestError,
     KeyQueueFullError,
     PermissionDeniedError,
     QueueFullError,
     RateLimitedError,
 )
+from api.formats import Format, JobSpec
 from api.inbox import Inbox
 from api.models import require_live_worker
 from api.observe import RequestObservation
 from api.ratelimit import rate_limit_headers
+from api.resume import Resumption, attach
 from api.state import AppState
 from api.stream import JobStream
 from shared.context import ContextOverflowError, caps_max_tokens, effective_context, output_room
 from shared.job import AnyJob, EmbeddingJob, GenerationJob
-from shared.lifecycle.admission import Refusal, admit
+from shared.lifecycle.admission import Extras, KeyTaken, Refusal, admit, holder
 from shared.lifecycle.queue import QueueDepth, queue_depth
 from shared.registry import WorkerInfo
 from shared.tenancy.quota import Limit
@@ -36,23 +39,68 @@ _Job = TypeVar("_Job", GenerationJob, EmbeddingJob)
 
 
 async def submit(
-    state: AppState, job: GenerationJob, observation: RequestObservation | None = None
+    state: AppState,
+    job: GenerationJob,
+    observation: RequestObservation | None = None,
+    fmt: Format | None = None,
+    via: Resumption | None = None,
 ) -> JobStream:
     """Check the model has room and is served, the prompt fits; subscribe; admit the job.
 
     The cheap queue check comes first: under overload most requests end there. The request's
     `observation` (metrics, log line) learns the job and then its events; its `caller` (the
     API key, api/auth.py) decides the job's tenant and priority, the models it may use (403),
-    and its quotas (429), charged only once the prompt is known to fit.
+    and its quotas (429), charged only once the prompt is known to fit. `fmt` (how the
+    request wants its answer) is kept with the job so that any replica can resume its stream;
+    `via` (the request's Idempotency-Key, Last-Event-ID, disconnect grace) may join a job
+    already admitted instead.
     """
     job = _for_caller(job, observation)
+    via = via or Resumption(None, None, state.settings.disconnect_grace_s)
+    idempotency = via.idempotency
+    if idempotency is not None:  # a retry: join its job, wherever the queue stands
+        taken = holder(await state.redis.hgetall(idempotency.redis_key))
+        if taken is not None:
+            return await _join(state, job, taken, via, observation)
     if observation is not None:
         observation.submitted(job)
     await _refuse_if_full(state, job.model)
     workers = await require_live_worker(state, job.model)
     await _check_sampling(state, job, workers)
     prompt_tokens = await _check_context(state, job, workers)
-    return await _enqueue(state, job, prompt_tokens, observation)
+    spec = JobSpec(job=job, prompt_tokens=prompt_tokens, format=fmt) if fmt else None
+    extras = Extras(
+        spec=spec.model_dump_json() if spec is not None else None,
+        idempotency_key=idempotency.redis_key if idempotency else None,
+        fingerprint=idempotency.fingerprint if idempotency else "",
+        idempotency_ttl_s=state.settings.idempotency_ttl_s,
+    )
+    try:
+        return await _enqueue(state, job, prompt_tokens, observation, extras, via.grace_s)
+    except KeyTaken as taken:  # the same request, admitted meanwhile by another replica
+        return await _join(state, job, taken, via, observation)
+
+
+async def _join(
+    state: AppState,
+    job: GenerationJob,
+    taken: KeyTaken,
+    via: Resumption,
+    observation: RequestObservation | None,
+) -> JobStream:
+    """The stream of the job an Idempotency-Key admitted, for a retry of its request:
+    streamed, after `Last-Event-ID` if given; not streamed, all of it."""
+    assert via.idempotency is not None
+    if taken.fingerprint != via.idempotency.fingerprint:
+        raise IdempotencyKeyReusedError(
+            "this Idempotency-Key was used with a different request; use a new key",
+            param="Idempotency-Key",
+        )
+    after = via.last_event_id if job.stream else None
+    stream, _ = await attach(
+        state, taken.job_id, after=after, grace_s=via.grace_s, observation=observation
+    )
+    return stream
 
 
 async def submit_embedding(
@@ -100,7 +148,12 @@ def _for_caller(job: _Job, observation: RequestObservation | None) -> _Job:
 
 
 async def _enqueue(
-    state: AppState, job: AnyJob, prompt_tokens: int, observation: RequestObservation | None
+    state: AppState,
+    job: AnyJob,
+    prompt_tokens: int,
+    observation: RequestObservation | None,
+    extras: Extras | None = None,
+    grace_s: float = 0.0,
 ) -> JobStream:
     caller = observation.caller if observation is not None else None
     key = caller.key if caller is not None else None
@@ -110,13 +163,18 @@ async def _enqueue(
         await state.hub.subscribe(job.id, inbox)  # returns once Redis confirmed it
         try:
             refused = await anyio.to_thread.run_sync(
-                admit, state.sync_redis, job, state.settings, key.max_queued if key else None
+                admit,
+                state.sync_redis,
+                job,
+                state.settings,
+                extras,
+                key.max_queued if key else None,
             )
             if refused is not None:  # another replica filled the queue since the early check
                 raise await _refusal(state, job, refused)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await state.hub.unsubscribe(job.id)
+                await state.hub.unsubscribe(job.id, inbox)
             raise
     except BaseException:
         if charged and job.tenant is not None:  # not admitted: the quotas take it back
@@ -124,7 +182,7 @@ async def _enqueue(
                 await state.quotas.refund(job.tenant, job.id, prompt_tokens)
         raise
     state.watchdog.watch(job.id, inbox)
-    return JobStream(state, inbox, job, prompt_tokens, observation)
+    return JobStream(state, inbox, job, prompt_tokens, observation, grace_s=grace_s)
 
 
 async def _charge(state: AppState, caller: Caller | None, job: AnyJob, prompt_tokens: int) -> bool:

@@ -5,6 +5,10 @@ whether their workers are alive, in a second), and hands every stream its readin
 stream's inbox. The stream decides what the reading means (api/stream.py): expire a job past
 its deadline, reclaim one whose worker died, send a position notice, end one that ended
 without its terminal event reaching it.
+
+Each round also cancels the jobs whose clients all went away and did not come back within
+their grace (`ApiJobs.reap_detached`): every replica reaps, so a job is cancelled even when
+the replica its client left is gone.
 """
 
 import asyncio
@@ -31,12 +35,14 @@ class Watchdog:
         self._interval_s = interval_s
         self._inboxes: dict[str, Inbox] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="watchdog")
 
     async def aclose(self) -> None:
+        self._closing = True  # a cancellation a Redis client swallows still ends the loop
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -55,12 +61,19 @@ class Watchdog:
         return len(self._inboxes)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.round()
             except Exception:
                 log.exception("the watchdog's round failed")
+            try:
+                for job_id in await self._jobs.reap_detached():
+                    log.info("job %s cancelled: no client came back within its grace", job_id)
+            except RedisError as exc:  # the round above has said Redis is away
+                log.debug("watchdog: could not reap detached jobs: %s", exc)
+            except Exception:
+                log.exception("the watchdog's reaping failed")
 
     async def round(self) -> None:
         """Read every watched job's record and hand each stream its reading."""

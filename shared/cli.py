@@ -16,7 +16,6 @@ from typing import Annotated
 from urllib.parse import urlparse
 
 import typer
-from redis import Redis
 from redis.exceptions import RedisError
 from rich.console import Console
 
@@ -25,8 +24,9 @@ from shared.exits import ExitStatus
 from shared.logs import LogChoice
 from shared.model_registry import cli as model_cli
 from shared.model_registry.store import ModelRegistry
+from shared.redis_clients import sync_redis
 from shared.registry import live_workers_now
-from shared.settings import DEFAULT_MODEL, ApiSettings
+from shared.settings import DEFAULT_MODEL, ApiSettings, Settings
 from shared.supervise import Child, Death, Supervisor, worker_restartable
 from shared.tenancy.cli import keys_app
 
@@ -82,10 +82,10 @@ def up(
     # The children write to our pipe, not the terminal: the choice is made here, once.
     env: dict[str, str] = {"TOKENQ_LOG_FORMAT": logs.resolve(log_format, sys.stderr)}
     children = []
-    if not _redis_answers(settings.redis_url):
-        children.append(_redis_child(settings.redis_url))
+    if not settings.redis_sentinels and not _redis_answers(settings):
+        children.append(_redis_child(settings))
     children += [
-        _worker_child(me, settings.redis_url, name, env, named=len(models) > 1) for name in models
+        _worker_child(me, settings, name, env, named=len(models) > 1) for name in models
     ]
     children.append(
         Child(
@@ -144,12 +144,12 @@ def _report(death: Death) -> bool:
 
 
 def _worker_child(
-    me: list[str], redis_url: str, model: str, env: dict[str, str], *, named: bool
+    me: list[str], settings: Settings, model: str, env: dict[str, str], *, named: bool
 ) -> Child:
     return Child(
         f"worker {model}" if named else "worker",
         [*me, "worker", "--model", model],
-        ready=lambda child: _worker_registered(redis_url, model, child.pid),
+        ready=lambda child: _worker_registered(settings, model, child.pid),
         restartable=worker_restartable,
         env=env,
     )
@@ -173,10 +173,10 @@ def _announce(url: str, models: list[str]) -> None:
     )
 
 
-def _worker_registered(redis_url: str, model: str, pid: int | None) -> bool:
+def _worker_registered(settings: Settings, model: str, pid: int | None) -> bool:
     """Whether the worker with this pid (on this host) has registered."""
     try:
-        redis = Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        redis = sync_redis(settings, socket_connect_timeout=1, socket_timeout=1)
         entry = ModelRegistry(redis).get(model)  # the worker registers the canonical name
         workers = live_workers_now(redis, entry.name if entry else model)
     except RedisError:
@@ -192,14 +192,15 @@ def _healthy(url: str) -> Callable[[Child], bool]:
     return check
 
 
-def _redis_answers(url: str) -> bool:
+def _redis_answers(settings: Settings) -> bool:
     try:
-        return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
+        return bool(sync_redis(settings, socket_connect_timeout=1).ping())
     except RedisError:
         return False
 
 
-def _redis_child(url: str) -> Child:
+def _redis_child(settings: Settings) -> Child:
+    url = settings.redis_url
     server = shutil.which("redis-server")
     if server is None:
         console.print("[red]no Redis answers at[/] " + url + " [red]and redis-server is missing[/]")
@@ -207,7 +208,7 @@ def _redis_child(url: str) -> Child:
     parsed = urlparse(url)
     argv = [server, "--port", str(parsed.port or 6379), "--bind", parsed.hostname or "127.0.0.1"]
     argv += ["--save", "", "--appendonly", "no"]
-    return Child("redis", argv, ready=lambda child: _redis_answers(url), echo=False)
+    return Child("redis", argv, ready=lambda child: _redis_answers(settings), echo=False)
 
 
 def _ready(url: str) -> bool:

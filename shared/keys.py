@@ -136,3 +136,31 @@ def tenant_waiting(name: str, model: str) -> str:
     """Sorted set of an API key's jobs admitted to a model's queue (RQ ids scored by deadline);
     those no longer in `waiting_jobs(model)` have started or left and no longer count."""
     return f"{PREFIX}:tenant-waiting:{name}:{model}"
+
+
+def events_log(job_id: str) -> str:
+    """List of one job's events in the order they were published, kept a while after the
+    last (`events_retention_s`) for streams that resume and requests retried."""
+    return f"{PREFIX}:log:{job_id}"
+
+
+def job_spec(job_id: str) -> str:
+    """A job and how its request wanted the answer (api/formats.py), for a stream resumed
+    on any replica (`GET /v1/jobs/{id}/events`)."""
+    return f"{PREFIX}:spec:{job_id}"
+
+
+def idempotency_key(tenant: str, key_digest: str) -> str:
+    """Hash: the job a tenant's Idempotency-Key admitted, and its request's fingerprint."""
+    return f"{PREFIX}:idem:{tenant}:{key_digest}"
+
+
+def job_listeners(job_id: str) -> str:
+    """Counter of the client connections streaming or awaiting one job, on all replicas."""
+    return f"{PREFIX}:listeners:{job_id}"
+
+
+def detached_jobs() -> str:
+    """Sorted set of jobs nobody listens to any more, scored by when they are cancelled
+    unless a client comes back (the disconnect grace)."""
+    return f"{PREFIX}:detached"

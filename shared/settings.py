@@ -6,10 +6,10 @@ CLI flags override the environment by being passed as constructor arguments.
 import importlib.metadata
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 import platformdirs
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.logs import LogChoice
@@ -54,6 +54,21 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis for queues.")
     redis_timeout_s: float = Field(default=5.0, gt=0, description="Socket timeout for Redis.")
+    redis_sentinels: Annotated[list[tuple[str, int]], NoDecode] = Field(
+        default_factory=list,
+        description="Redis Sentinels (`host:port,host:port` in env); when set, Redis is the "
+        "primary they name `redis_master_name`, followed through failovers, and `redis_url` "
+        "gives only the database number and password.",
+    )
+    redis_master_name: str = Field(
+        default="mymaster", min_length=1, description="The primary's name at the Sentinels."
+    )
+    events_retention_s: int = Field(
+        default=600,
+        ge=1,
+        description="How long a job's events are kept after the last one was sent, for "
+        "streams that resume (Last-Event-ID) and requests retried with an Idempotency-Key.",
+    )
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Models the API knows besides the registered ones, even with no worker up "
@@ -108,6 +123,20 @@ class Settings(BaseSettings):
     def record_ttl_s(self) -> int:
         """How long a job's record outlives its longest possible life."""
         return int(self.queue_deadline_s * self.job_max_attempts + self.job_timeout_s) + 3600
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            found = []
+            for part in (p.strip() for p in value.split(",")):
+                if part:
+                    host, sep, port = part.rpartition(":")
+                    if not sep or not host or not port.isdigit():
+                        raise ValueError(f"a sentinel is host:port, not {part!r}")
+                    found.append((host, int(port)))
+            return found
+        return value
 
     @field_validator("models", "cors_origins", mode="before", check_fields=False)
     @classmethod
@@ -176,11 +205,34 @@ class ApiSettings(Settings):
         description="Origins browsers may call the API from (comma-separated in env; `*`: "
         "any, without credentials); none by default.",
     )
+    disconnect_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A job whose client went away is cancelled this long after, unless a "
+        "client reconnects to it (any replica); a request's X-Disconnect-Grace header "
+        "overrides it. 0: cancelled at once.",
+    )
+    idempotency_ttl_s: int = Field(
+        default=600,
+        ge=1,
+        description="How long an Idempotency-Key is remembered after its request was "
+        "admitted; at most events_retention_s, so a retry can still read the answer.",
+    )
     tokenizer_cache_dir: Path | None = Field(
         default=None,
         description="Where tokenizers fetched from Redis are kept (API hosts without the "
         "model files); None: tokenq-vocab in the system's temporary directory.",
     )
+
+
+    @model_validator(mode="after")
+    def _keys_outlived_by_events(self) -> Self:
+        if self.idempotency_ttl_s > self.events_retention_s:
+            raise ValueError(
+                "idempotency_ttl_s may not exceed events_retention_s: a retried request "
+                "would find its job but no longer its answer"
+            )
+        return self
 
 
 class WorkerSettings(Settings):

@@ -21,6 +21,7 @@ from shared.model_registry.files import ModelFileError
 from shared.model_registry.ops import ServedFile, worker_file
 from shared.model_registry.store import ModelRegistry
 from shared.queues import model_queues
+from shared.redis_clients import sync_redis
 from shared.registry import WorkerInfo
 from shared.settings import WorkerSettings
 from worker.batch_engine import BatchEngine
@@ -41,9 +42,7 @@ def run_worker(settings: WorkerSettings) -> None:
     # A crash inside llama.cpp (SIGSEGV, SIGILL, SIGBUS) prints the Python stack it hit.
     faulthandler.enable()
     timeout = settings.redis_timeout_s
-    control_redis = Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    control_redis = sync_redis(settings, socket_timeout=timeout, socket_connect_timeout=timeout)
     served = _served_file(control_redis, settings)
     settings = settings.model_copy(update={"model": served.model})  # an alias: its model
     observer = WorkerObserver(WorkerMetrics(settings.model), settings.heartbeat_ttl_s)
@@ -93,7 +92,7 @@ def run_worker(settings: WorkerSettings) -> None:
     )
     observer.loaded(info, engine.info)
     max_running = settings.limits(settings.model).max_running
-    publisher = BatchingPublisher(control_redis)
+    publisher = BatchingPublisher(control_redis, settings.events_retention_s)
     running = RunningJobs(control_redis, info.worker_id, settings.cancel_check_s)
     slots = []
     leases: list[Lease] = [running]
@@ -123,7 +122,7 @@ def run_worker(settings: WorkerSettings) -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     with Heartbeat(
-        Redis.from_url(settings.redis_url, socket_timeout=timeout),
+        sync_redis(settings, socket_timeout=timeout, socket_connect_timeout=timeout),
         info,
         interval_s=settings.heartbeat_interval_s,
         ttl_s=settings.heartbeat_ttl_s,
@@ -133,7 +132,7 @@ def run_worker(settings: WorkerSettings) -> None:
         serve_slots(
             slots,
             lambda: model_queues(
-                Redis.from_url(settings.redis_url, health_check_interval=10), settings.model
+                sync_redis(settings, health_check_interval=10), settings.model
             ),
             settings.heartbeat_ttl_s,
             stopping,

@@ -1,4 +1,5 @@
-"""Publishes jobs' events on their Redis pub/sub channels, a batch per round trip.
+"""Publishes jobs' events on their Redis pub/sub channels and appends them to their logs
+(shared/eventlog.py), a batch per round trip.
 
 Every slot of a worker publishes its job's tokens; one thread sends whatever has gathered in
 one pipeline. A decode step hands all its slots their tokens at once, so waiting
@@ -14,27 +15,37 @@ from collections import deque
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared.eventlog import append_and_publish
 from shared.events import Event
 
 log = logging.getLogger(__name__)
 
 
+# How long a job's events are kept after its last one unless told (Settings.events_retention_s).
+DEFAULT_RETENTION_S = 600
+
+
 class RedisPublisher:
     """Publishes each event at once (one round trip each): tests and single-job tools."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, retention_s: int = DEFAULT_RETENTION_S) -> None:
         self._redis = redis
+        self._retention_s = retention_s
 
     def publish(self, job_id: str, event: Event) -> None:
-        self._redis.publish(keys.events_channel(job_id), event.model_dump_json())
+        pipe = self._redis.pipeline(transaction=False)
+        append_and_publish(pipe, [(job_id, event.model_dump_json())], self._retention_s)
+        pipe.execute()
 
 
 class BatchingPublisher:
     """Queues events and publishes them from one thread, one pipeline per batch."""
 
-    def __init__(self, redis: Redis, coalesce_s: float = 0.002) -> None:
+    def __init__(
+        self, redis: Redis, retention_s: int = DEFAULT_RETENTION_S, coalesce_s: float = 0.002
+    ) -> None:
         self._redis = redis
+        self._retention_s = retention_s
         self._coalesce_s = coalesce_s
         self._pending: deque[tuple[str, str]] = deque()
         self._ready = threading.Condition()
@@ -46,7 +57,7 @@ class BatchingPublisher:
 
     def publish(self, job_id: str, event: Event) -> None:
         with self._ready:
-            self._pending.append((keys.events_channel(job_id), event.model_dump_json()))
+            self._pending.append((job_id, event.model_dump_json()))
             if len(self._pending) == 1:
                 self._ready.notify()
 
@@ -72,8 +83,7 @@ class BatchingPublisher:
 
     def _send(self, batch: list[tuple[str, str]]) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        for channel, payload in batch:
-            pipe.publish(channel, payload)
+        append_and_publish(pipe, batch, self._retention_s)
         try:
             pipe.execute()
         except RedisError as exc:  # the listeners' streams end with their own Redis error

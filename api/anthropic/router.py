@@ -13,6 +13,7 @@ from api.deps import RequestIdDep, StateDep
 from api.models import job_for
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import answer
+from api.resume import ResumptionDep
 from api.submit import count_prompt, submit
 from shared.job import Flavour
 
@@ -26,17 +27,12 @@ async def messages(
     body: MessagesRequest,
     state: StateDep,
     observation: ObservationDep,
+    via: ResumptionDep,
     request_id: RequestIdDep = None,
 ) -> Message | Response:
     job = await job_for(state, body, request_id)
-    stream = await submit(state, job, observation)
-    return await answer(
-        stream,
-        body.stream,
-        # message_start carries the input tokens before the worker has reported any usage.
-        lambda: serving.MessageStreamEncoder(job, stream.prompt_tokens),
-        lambda out: serving.message(job, out.text, out.done),
-    )
+    fmt = serving.MessagesFormat()
+    return await answer(await submit(state, job, observation, fmt, via), fmt)
 
 
 @router.post("/messages/count_tokens")

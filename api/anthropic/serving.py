@@ -1,6 +1,9 @@
 """Neutral events to Anthropic messages and stream events; API errors to Anthropic's envelope."""
 
+from typing import Literal
+
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from api.anthropic.protocol import (
     ContentBlock,
@@ -25,8 +28,7 @@ from api.anthropic.protocol import (
     Usage,
 )
 from api.errors import ApiError, ErrorKind
-from api.relay import StreamEncoder
-from api.sse import format_sse
+from api.relay import Collected, StreamEncoder
 from api.tool_calls import CallSplitter, Reply, arguments_json, read_reply
 from shared.events import DoneEvent, FinishReason, TokenEvent
 from shared.job import GenerationJob, ToolCall
@@ -104,10 +106,6 @@ def message(job: GenerationJob, text: str, done: DoneEvent) -> Message:
     )
 
 
-def _frame(event: StreamEvent) -> bytes:
-    return format_sse(event.model_dump_json(), event=event.type)
-
-
 class MessageStreamEncoder(StreamEncoder):
     """message_start, content_block_start, ping, content_block_delta..., content_block_stop,
     message_delta, message_stop; or an `error` event once the stream has started.
@@ -133,53 +131,74 @@ class MessageStreamEncoder(StreamEncoder):
             stop_sequence=None,
             usage=Usage(input_tokens=self.input_tokens, output_tokens=0),
         )
-        frames = [_frame(MessageStartEvent(message=started))]
+        frames = [self._frame(MessageStartEvent(message=started))]
         if not self.job.offers_tools:
             frames.extend(self._open_text())
-        return [*frames, _frame(PingEvent())]
+        return [*frames, self._frame(PingEvent())]
 
     def _open_text(self) -> list[bytes]:
         self.text_open, self.blocks = True, self.blocks + 1
-        return [_frame(ContentBlockStartEvent(content_block=TextBlock(text="")))]
+        return [self._frame(ContentBlockStartEvent(content_block=TextBlock(text="")))]
 
     def _text(self, text: str) -> list[bytes]:
         if not text:
             return []
         frames = [] if self.text_open else self._open_text()
-        return [*frames, _frame(ContentBlockDeltaEvent(delta=TextDelta(text=text)))]
+        return [*frames, self._frame(ContentBlockDeltaEvent(delta=TextDelta(text=text)))]
 
     def token(self, event: TokenEvent) -> list[bytes]:
         return self._text(self.splitter.feed(event.text))
+
+    def resumed(self) -> None:
+        # The client has the start: a job without tools opened its text block there.
+        self.text_open = not self.job.offers_tools
+        self.blocks = int(self.text_open)
 
     def done(self, event: DoneEvent) -> list[bytes]:
         reply = self.splitter.finish()
         frames = self._text(reply.text)
         if self.text_open:
-            frames.append(_frame(ContentBlockStopEvent(index=0)))
+            frames.append(self._frame(ContentBlockStopEvent(index=0)))
         for call in reply.calls:
             index, self.blocks = self.blocks, self.blocks + 1
             opened = ToolUseBlock(id=tool_use_id(call), name=call.name, input={})
             frames += [
-                _frame(ContentBlockStartEvent(index=index, content_block=opened)),
-                _frame(
+                self._frame(ContentBlockStartEvent(index=index, content_block=opened)),
+                self._frame(
                     ContentBlockDeltaEvent(
                         index=index, delta=InputJsonDelta(partial_json=arguments_json(call))
                     )
                 ),
-                _frame(ContentBlockStopEvent(index=index)),
+                self._frame(ContentBlockStopEvent(index=index)),
             ]
         delta = MessageDelta(
             stop_reason=stop_reason(event, reply), stop_sequence=event.stop_sequence
         )
         return [
             *frames,
-            _frame(
+            self._frame(
                 MessageDeltaEvent(
                     delta=delta, usage=DeltaUsage(output_tokens=event.usage.completion_tokens)
                 )
             ),
-            _frame(MessageStopEvent()),
+            self._frame(MessageStopEvent()),
         ]
 
     def error(self, error: ApiError) -> list[bytes]:
-        return [_frame(error_body(error))]
+        return [self._frame(error_body(error))]
+
+    def _frame(self, event: StreamEvent | ErrorResponse) -> bytes:
+        return self.sse(event.model_dump_json(), event=event.type)
+
+
+class MessagesFormat(BaseModel):
+    """How a Messages request wants its answer (kept to resume its stream)."""
+
+    kind: Literal["anthropic.messages"] = "anthropic.messages"
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> MessageStreamEncoder:
+        # message_start carries the input tokens before the worker has reported any usage.
+        return MessageStreamEncoder(job, prompt_tokens)
+
+    def whole(self, job: GenerationJob, out: Collected) -> Message:
+        return message(job, out.text, out.done)

@@ -34,6 +34,7 @@ from api.ollama.protocol import (
 )
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import answer, collect_embeddings
+from api.resume import ResumptionDep
 from api.submit import embedding_dims, submit, submit_embedding
 from shared.job import Flavour
 
@@ -57,6 +58,7 @@ async def generate(
     body: GenerateRequest,
     state: StateDep,
     observation: ObservationDep,
+    via: ResumptionDep,
     request_id: RequestIdDep = None,
 ) -> GenerateDone | Response:
     if not body.prompt:
@@ -65,12 +67,8 @@ async def generate(
     job = await serving.fit_context(
         state, await job_for(state, body, request_id), body.options.num_ctx
     )
-    return await answer(
-        await submit(state, job, observation),
-        body.stream,
-        lambda: serving.GenerateEncoder(job, body.model),
-        lambda out: serving.generate_done(job, body.model, out),
-    )
+    fmt = serving.GenerateFormat(name=body.model)
+    return await answer(await submit(state, job, observation, fmt, via), fmt)
 
 
 @router.post("/api/embed")
@@ -118,6 +116,7 @@ async def chat(
     body: ChatRequest,
     state: StateDep,
     observation: ObservationDep,
+    via: ResumptionDep,
     request_id: RequestIdDep = None,
 ) -> ChatDone | Response:
     if not body.messages:
@@ -126,12 +125,8 @@ async def chat(
     job = await serving.fit_context(
         state, await job_for(state, body, request_id), body.options.num_ctx
     )
-    return await answer(
-        await submit(state, job, observation),
-        body.stream,
-        lambda: serving.ChatEncoder(job, body.model),
-        lambda out: serving.chat_done(job, body.model, out),
-    )
+    fmt = serving.ChatFormat(name=body.model)
+    return await answer(await submit(state, job, observation, fmt, via), fmt)
 
 
 @router.get("/api/tags")

@@ -9,7 +9,7 @@ The final line's durations are measured, in nanoseconds:
 """
 
 import time
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -228,3 +228,29 @@ class ChatEncoder(_OllamaEncoder):
         reply = self.splitter.finish()
         frames = [self._chunk(reply_message(reply))] if reply.text or reply.calls else []
         return [*frames, line(chat_done(self.job, self.name, None, event))]
+
+
+class GenerateFormat(BaseModel):
+    """How a generate request wants its answer; `name`: the model name it gave (echoed)."""
+
+    kind: Literal["ollama.generate"] = "ollama.generate"
+    name: str
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> GenerateEncoder:
+        return GenerateEncoder(job, self.name)
+
+    def whole(self, job: GenerationJob, out: Collected) -> GenerateDone:
+        return generate_done(job, self.name, out)
+
+
+class ChatFormat(BaseModel):
+    """How a chat request wants its answer; `name`: the model name it gave (echoed)."""
+
+    kind: Literal["ollama.chat"] = "ollama.chat"
+    name: str
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> ChatEncoder:
+        return ChatEncoder(job, self.name)
+
+    def whole(self, job: GenerationJob, out: Collected) -> ChatDone:
+        return chat_done(job, self.name, out)

@@ -30,6 +30,7 @@ from api.openai.protocol import (
 )
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import answer, collect_embeddings
+from api.resume import ResumptionDep
 from api.submit import submit, submit_embedding
 from shared.job import Flavour
 
@@ -45,15 +46,12 @@ async def chat_completions(
     body: ChatCompletionRequest,
     state: StateDep,
     observation: ObservationDep,
+    via: ResumptionDep,
     request_id: RequestIdDep = None,
 ) -> ChatCompletion | Response:
     job = await job_for(state, body, request_id)
-    return await answer(
-        await submit(state, job, observation),
-        body.stream,
-        lambda: serving.ChatStreamEncoder(job, body.include_usage),
-        lambda out: serving.chat_completion(job, out),
-    )
+    fmt = serving.ChatFormat(include_usage=body.include_usage)
+    return await answer(await submit(state, job, observation, fmt, via), fmt)
 
 
 @router.post("/completions", response_model=None)
@@ -61,15 +59,12 @@ async def completions(
     body: CompletionRequest,
     state: StateDep,
     observation: ObservationDep,
+    via: ResumptionDep,
     request_id: RequestIdDep = None,
 ) -> Completion | Response:
     job = await job_for(state, body, request_id)
-    return await answer(
-        await submit(state, job, observation),
-        body.stream,
-        lambda: serving.CompletionStreamEncoder(job, body.include_usage),
-        lambda out: serving.completion(job, out),
-    )
+    fmt = serving.CompletionFormat(include_usage=body.include_usage)
+    return await answer(await submit(state, job, observation, fmt, via), fmt)
 
 
 @router.post("/embeddings")

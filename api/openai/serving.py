@@ -3,6 +3,7 @@
 from typing import Literal
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from api.errors import ApiError, ErrorKind
 from api.openai.protocol import (
@@ -32,7 +33,6 @@ from api.openai.protocol import (
 from api.openai.protocol import TokenLogprob as OpenAIToken
 from api.openai.protocol import TopLogprob as OpenAITop
 from api.relay import Collected, StreamEncoder
-from api.sse import format_sse
 from api.tool_calls import CallSplitter, Reply, arguments_json, read_reply
 from shared.events import (
     ChoiceEndEvent,
@@ -58,7 +58,6 @@ _ERROR_TYPES = {
     ErrorKind.INTERNAL: "server_error",
 }
 
-DONE_FRAME = format_sse("[DONE]")
 
 
 def error_body(error: ApiError) -> ErrorResponse:
@@ -213,11 +212,11 @@ class _OpenAIEncoder(StreamEncoder):
         self.created = now()
 
     def error(self, error: ApiError) -> list[bytes]:
-        return [format_sse(error_body(error).model_dump_json()), DONE_FRAME]
+        return [self.sse(error_body(error).model_dump_json()), self.sse("[DONE]")]
 
     def _frame(self, chunk: ChatCompletionChunk | Completion) -> bytes:
         # OpenAI sends `"usage": null` on every chunk only when usage was asked for.
-        return format_sse(chunk.model_dump_json(exclude=None if self.include_usage else {"usage"}))
+        return self.sse(chunk.model_dump_json(exclude=None if self.include_usage else {"usage"}))
 
     def _finish(self, choice: int, reason: NeutralFinish) -> list[bytes]:
         raise NotImplementedError
@@ -233,7 +232,7 @@ class _OpenAIEncoder(StreamEncoder):
         frames = self._finish(0, event.finish_reason) if self.job.n == 1 else []
         if self.include_usage:
             frames.append(self._usage(usage_info(event.usage)))
-        return [*frames, DONE_FRAME]
+        return [*frames, self.sse("[DONE]")]
 
 
 class ChatStreamEncoder(_OpenAIEncoder):
@@ -329,3 +328,29 @@ class CompletionStreamEncoder(_OpenAIEncoder):
 
     def _usage(self, usage: UsageInfo) -> bytes:
         return self._chunk([], usage=usage)
+
+
+class ChatFormat(BaseModel):
+    """How a chat completion request wants its answer (kept to resume its stream)."""
+
+    kind: Literal["openai.chat"] = "openai.chat"
+    include_usage: bool = False
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> ChatStreamEncoder:
+        return ChatStreamEncoder(job, self.include_usage)
+
+    def whole(self, job: GenerationJob, out: Collected) -> ChatCompletion:
+        return chat_completion(job, out)
+
+
+class CompletionFormat(BaseModel):
+    """How a completion request wants its answer (kept to resume its stream)."""
+
+    kind: Literal["openai.completion"] = "openai.completion"
+    include_usage: bool = False
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> CompletionStreamEncoder:
+        return CompletionStreamEncoder(job, self.include_usage)
+
+    def whole(self, job: GenerationJob, out: Collected) -> Completion:
+        return completion(job, out)

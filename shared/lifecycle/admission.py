@@ -10,6 +10,7 @@ synchronous (RQ's enqueue is); the API runs them in a thread.
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import cast
@@ -22,7 +23,7 @@ from redis.typing import EncodableT, FieldT
 from shared import keys
 from shared.events import ErrorCode
 from shared.job import AnyJob
-from shared.lifecycle.record import JobRecord, JobStatus, queued_fields, rq_job_id
+from shared.lifecycle.record import JobRecord, JobStatus, as_text, queued_fields, rq_job_id
 from shared.queues import model_queue, task_of
 from shared.settings import Settings
 
@@ -46,18 +47,63 @@ def key_cap(settings: Settings, model: str, key_max_queued: int | None) -> int:
     return share if key_max_queued is None else min(share, key_max_queued)
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What is written with a job in its admission's transaction, besides its record.
+
+    `spec`: the job as the API reads it back to resume its stream on any replica (None: a
+    job whose stream is not resumable, as the Responses API's).
+    `idempotency_key` (a Redis key, `keys.idempotency_key`): admit only if no job holds it
+    yet, and hold it with the request's `fingerprint` for `idempotency_ttl_s`.
+    """
+
+    spec: str | None = None
+    idempotency_key: str | None = None
+    fingerprint: str = ""
+    idempotency_ttl_s: int = 1
+
+
+class KeyTaken(Exception):
+    """The Idempotency-Key already belongs to an admitted job."""
+
+    def __init__(self, job_id: str, fingerprint: str) -> None:
+        super().__init__(f"the idempotency key belongs to job {job_id}")
+        self.job_id = job_id
+        self.fingerprint = fingerprint
+
+
+def holder(raw: Mapping[bytes | str, bytes | str]) -> KeyTaken | None:
+    """The job holding an idempotency key, from its hash as HGETALL returns it."""
+    fields = {as_text(k): as_text(v) for k, v in raw.items()}
+    if "job" not in fields:
+        return None
+    return KeyTaken(fields["job"], fields.get("fingerprint", ""))
+
+
 def admit(
-    redis: Redis, job: AnyJob, settings: Settings, key_max_queued: int | None = None
+    redis: Redis,
+    job: AnyJob,
+    settings: Settings,
+    extras: Extras | None = None,
+    key_max_queued: int | None = None,
 ) -> Refusal | None:
     """Record and enqueue `job` unless its model is full, or (a job with a `tenant`) its key
-    already holds its share of the model's waiting places; None when admitted."""
+    already holds its share of the model's waiting places; None when admitted.
+
+    Raises KeyTaken when `extras` name an idempotency key another job holds.
+    """
     waiting = keys.waiting_jobs(job.model)
     limit = settings.limits(job.model).max_queued
     mine = keys.tenant_waiting(job.tenant, job.model) if job.tenant is not None else None
+    claim = extras.idempotency_key if extras is not None else None
+    watched = [waiting, *([mine] if mine else []), *([claim] if claim else [])]
     with redis.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(waiting, *([mine] if mine else []))  # type: ignore[no-untyped-call]
+                pipe.watch(*watched)  # type: ignore[no-untyped-call]
+                if claim and (taken := holder(pipe.hgetall(claim))) is not None:
+                    pipe.unwatch()
+                    raise taken
                 now = time.time()
                 depth = int(pipe.zcount(waiting, now, "+inf"))
                 if depth >= limit:
@@ -80,6 +126,18 @@ def admit(
                     pipe.expire(mine, math.ceil(settings.queue_deadline_s) + 60)
                 pipe.hset(keys.job_record(job.id), mapping=queued_fields(job))
                 pipe.expire(keys.job_record(job.id), settings.record_ttl_s)
+                # The request that admits the job is its first listener (api/stream.py).
+                pipe.set(keys.job_listeners(job.id), 1, ex=settings.record_ttl_s)
+                if extras is not None:
+                    if extras.spec is not None:
+                        pipe.set(keys.job_spec(job.id), extras.spec, ex=settings.record_ttl_s)
+                    if claim:
+                        holding: dict[FieldT, EncodableT] = {
+                            "job": job.id,
+                            "fingerprint": extras.fingerprint,
+                        }
+                        pipe.hset(claim, mapping=holding)
+                        pipe.expire(claim, extras.idempotency_ttl_s)
                 pipe.execute()
                 return None
             except WatchError:

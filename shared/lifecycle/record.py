@@ -74,7 +74,7 @@ class JobRecord(BaseModel):
         """From the record hash as HGETALL returns it (None: no such record)."""
         if not raw:
             return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
         fields = {k: v for k, v in fields.items() if v != ""}
         fields["streamed"] = str(fields.get("streamed") == "1")
         return cls.model_validate({**fields, "id": job_id})
@@ -98,5 +98,5 @@ def rq_job_id(job_id: str, attempt: int) -> str:
     return f"{job_id}-{attempt}"
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -154,6 +154,26 @@ return tostring(deadline)
 """
 
 
+# API: a client listens to a job again (a resumed stream, a retried request): one more
+# listener, and no longer due to be cancelled. KEYS: listeners, detached. ARGV: job id, ttl.
+ATTACH = """
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZREM', KEYS[2], ARGV[1])
+"""
+
+# API: a client stopped listening before the job ended; with nobody left, the job is due to
+# be cancelled at ARGV[2] (unless someone attaches before). Returns the listeners left.
+# KEYS: listeners, detached. ARGV: job id, cancel at.
+DETACH = """
+local left = redis.call('DECR', KEYS[1])
+if left > 0 then return left end
+redis.call('SET', KEYS[1], 0, 'KEEPTTL')
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 0
+"""
+
+
 def status_or_none(raw: bytes | str) -> JobStatus | None:
     """A script's answer as a status (None for 'missing', 'stale')."""
     text = raw.decode() if isinstance(raw, bytes) else raw
@@ -242,6 +262,21 @@ class ApiScripts:
         self._expire = redis.register_script(EXPIRE)
         self._cancel = redis.register_script(CANCEL)
         self._position = redis.register_script(POSITION)
+        self._attach = redis.register_script(ATTACH)
+        self._detach = redis.register_script(DETACH)
+
+    async def attach(self, job_id: str, ttl_s: int) -> bool:
+        """True when the job was due to be cancelled for want of a listener."""
+        raw = await self._attach(
+            keys=[keys.job_listeners(job_id), keys.detached_jobs()], args=[job_id, ttl_s]
+        )
+        return bool(raw)
+
+    async def detach(self, job_id: str, cancel_at: float) -> int:
+        raw = await self._detach(
+            keys=[keys.job_listeners(job_id), keys.detached_jobs()], args=[job_id, cancel_at]
+        )
+        return int(raw)
 
     async def expire(self, record: JobRecord, now: float, ttl_s: int) -> JobStatus | None:
         raw = await self._expire(

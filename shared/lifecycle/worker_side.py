@@ -13,6 +13,8 @@ import time
 from enum import Enum
 
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.events import DoneEvent, ErrorEvent, TerminalEvent
@@ -23,6 +25,10 @@ from shared.settings import WorkerSettings
 from shared.tenancy.quota import charge_generated
 
 log = logging.getLogger(__name__)
+
+# How long a worker keeps trying to record a job's end while Redis does not answer: longer
+# than a Sentinel failover takes (seconds), shorter than a stuck slot would be worth.
+END_RETRY_S = 30.0
 
 
 class StartDecision(Enum):
@@ -128,21 +134,32 @@ class RedisJobControl:
         return self.running.should_stop(job)
 
     def end(self, job: QueuedJob, terminal: TerminalEvent) -> bool:
+        """Record the outcome. With Redis away (restarting, failing over to a replica) it is
+        tried again for up to `END_RETRY_S`, so the record does not stay `running` for a job
+        that ended; then the error is raised."""
         self.running.remove(job)
         if job.tenant is not None and isinstance(terminal, DoneEvent):
             # The key's token quota learns what the job generated (its prompt was charged at
             # admission); a job whose worker died is not charged its partial output.
             charge_generated(self._redis, job.tenant, job.id, terminal.usage.completion_tokens)
-        now = time.time()
-        return self._scripts.end(
-            job,
-            self._worker_id,
-            now,
-            status=JobStatus.FAILED if isinstance(terminal, ErrorEvent) else JobStatus.DONE,
-            error=terminal.code if isinstance(terminal, ErrorEvent) else "",
-            window_start=now - self._settings.drain_window_s,
-            ttl_s=self._settings.record_ttl_s,
-        )
+        gives_up_at = time.monotonic() + END_RETRY_S
+        while True:
+            now = time.time()
+            try:
+                return self._scripts.end(
+                    job,
+                    self._worker_id,
+                    now,
+                    status=JobStatus.FAILED if isinstance(terminal, ErrorEvent) else JobStatus.DONE,
+                    error=terminal.code if isinstance(terminal, ErrorEvent) else "",
+                    window_start=now - self._settings.drain_window_s,
+                    ttl_s=self._settings.record_ttl_s,
+                )
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if time.monotonic() >= gives_up_at:
+                    raise
+                log.warning("job %s: could not record its end, trying again: %s", job.id, exc)
+                time.sleep(0.25)
 
 
 class RunGate:

@@ -4,6 +4,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -61,3 +62,31 @@ def wait_until(check: Any, timeout_s: float, what: str, every_s: float = 0.01) -
             return value
         time.sleep(every_s)
     raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One SSE frame: its id (None: none), event name (None: none) and data."""
+
+    id: int | None
+    event: str | None
+    data: str
+
+
+def sse_frames(response: httpx.Response) -> Iterator[Frame]:
+    """The frames of an SSE response (comments skipped)."""
+    fields: dict[str, list[str]] = {}
+    for line in response.iter_lines():
+        if line == "":
+            if "data" in fields:
+                ids = fields.get("id")
+                events = fields.get("event")
+                yield Frame(
+                    int(ids[-1]) if ids else None,
+                    events[-1] if events else None,
+                    "\n".join(fields["data"]),
+                )
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields.setdefault(name, []).append(value.removeprefix(" "))

@@ -194,11 +194,64 @@ class Process:
         return self.log.read_text(errors="replace")
 
 
+class Sentinel:
+    """A Redis Sentinel (`redis-server --sentinel`) on a free loopback port, watching the
+    primary `master` as `name`, quick to fail over (`down_after_ms`, `failover_timeout_ms`)."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        master: RedisServer,
+        name: str,
+        quorum: int,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 3000,
+    ) -> None:
+        self.port = free_port()
+        config = tmp / f"sentinel-{self.port}.conf"  # Sentinel rewrites it: its own file
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {tmp}\n"
+            f"sentinel monitor {name} 127.0.0.1 {master.port} {quorum}\n"
+            f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+            f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        server = shutil.which("redis-server")
+        assert server, "redis-server is not installed (make test installs it)"
+        self._proc = start_group([server, str(config), "--sentinel"], stdout=subprocess.DEVNULL)
+        with stopped_on_failure(self):
+            wait_for(self._answers, 10, "redis sentinel")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> Redis:
+        return Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def stop(self) -> None:
+        stop_group(self._proc, timeout_s=10)
+
+    def _answers(self) -> bool:
+        assert self._proc.poll() is None, "redis sentinel exited"
+        try:
+            return bool(self.client().ping())
+        except RedisError:
+            return False
+
+
 class WorkerProcess(Process):
     """A worker of `model`: a registered one (the default model registers itself), or any
     other name served from the default model's file (`--gguf`, bypassing the registry)."""
 
-    def __init__(self, redis: RedisServer, model: str, log: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        redis: RedisServer,
+        model: str,
+        log: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         unregistered = ModelRegistry(redis.client()).get(model) is None
         if model != DEFAULT_MODEL and "--gguf" not in extra and unregistered:
             extra = (*extra, "--gguf", str(default_gguf_path()))
@@ -215,7 +268,7 @@ class WorkerProcess(Process):
                 str(self.metrics_port),
                 *extra,
             ],
-            {"TOKENQ_REDIS_URL": redis.url},
+            {"TOKENQ_REDIS_URL": redis.url, **(env or {})},
             log,
         )
         self.model = model

@@ -275,7 +275,13 @@ async def open_harness(**settings: object) -> AsyncIterator[Harness]:
     server = fakeredis.FakeServer()
     sync = fakeredis.FakeRedis(server=server)
     config = ApiSettings.model_validate(
-        {"models": [MODEL, "idle"], "event_timeout_s": 2, "watch_interval_s": 0.05, **settings}
+        {
+            "models": [MODEL, "idle"],
+            "event_timeout_s": 2,
+            "watch_interval_s": 0.05,
+            "disconnect_grace_s": 0,  # a client gone cancels at once (tests of the grace set it)
+            **settings,
+        }
     )
     engine = FakeEngine([b"Hello", b",", b" world", EOS], n_ctx=N_CTX)
     state = AppState.build(

@@ -83,8 +83,8 @@ async def test_an_unsubscribed_channel_is_dropped_at_redis_and_in_the_hub() -> N
         kept, dropped = Inbox(), Inbox()
         await hub.subscribe("kept", kept)
         await hub.subscribe("dropped", dropped)
-        await hub.unsubscribe("dropped")
-        await hub.unsubscribe("never-subscribed")  # a no-op
+        await hub.unsubscribe("dropped", dropped)
+        await hub.unsubscribe("never-subscribed", Inbox())  # a no-op
         assert hub.channels == 1
         await redis.publish(keys.events_channel("kept"), b"sync")  # read after the reply
         assert await received(kept, 1) == [b"sync"]
@@ -183,7 +183,7 @@ def _content(response: httpx.Response) -> str:
         return str(response.json()["choices"][0]["message"]["content"])
     chunks = [
         json.loads(line.removeprefix("data: "))
-        for line in response.text.split("\n\n")
+        for line in response.text.splitlines()
         if line.startswith("data: {")
     ]
     return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])

@@ -16,7 +16,7 @@ from api.observe import RequestObservation
 from shared import keys, registry
 from shared.events import DoneEvent, FinishReason, Timings, Usage
 from shared.job import Flavour, GenerationJob
-from shared.lifecycle.admission import Refusal
+from shared.lifecycle.admission import Extras, Refusal
 from shared.metrics import ApiMetrics
 from shared.queues import model_queue
 from shared.settings import Settings
@@ -153,10 +153,14 @@ async def test_request_id_is_returned_and_reaches_the_job(
     admit = submit.admit
 
     def recording(
-        redis: Redis, job: GenerationJob, settings: Settings, cap: int | None = None
+        redis: Redis,
+        job: GenerationJob,
+        settings: Settings,
+        extras: Extras | None = None,
+        cap: int | None = None,
     ) -> Refusal | None:
         enqueued.append(job)
-        return admit(redis, job, settings, cap)
+        return admit(redis, job, settings, extras, cap)
 
     monkeypatch.setattr(submit, "admit", recording)
     harness.client.headers["X-Request-ID"] = "trace-42"

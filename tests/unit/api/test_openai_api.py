@@ -24,7 +24,9 @@ async def test_chat_stream_frames_in_order(harness: Harness) -> None:
     response = await harness.call("/v1/chat/completions", body)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    frames = [f.removeprefix("data: ") for f in response.text.split("\n\n") if f]
+    frames = [  # each frame's data (after its `id:` line)
+        f.split("\n")[-1].removeprefix("data: ") for f in response.text.split("\n\n") if f
+    ]
     assert frames[-1] == "[DONE]"
     chunks = [json.loads(f) for f in frames[:-1]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}

@@ -100,7 +100,7 @@ async def test_a_queued_stream_starts_with_its_position(harness: Harness) -> Non
     assert response.text.startswith(": queued position=2\n\n")
     chunks = [
         json.loads(line.removeprefix("data: "))
-        for line in response.text.split("\n\n")
+        for line in response.text.splitlines()
         if line.startswith("data: {")
     ]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == (

@@ -165,7 +165,9 @@ async def test_a_dead_workers_job_that_streamed_fails_as_worker_lost(harness: Ha
     assert failed.error == "worker_lost"
     answer = await request
     assert answer.status_code == 200  # streaming had started: the error is inside
-    frames = [f.removeprefix("data: ") for f in answer.text.split("\n\n") if f]
+    frames = [  # each frame's data (after its `id:` line)
+        f.split("\n")[-1].removeprefix("data: ") for f in answer.text.split("\n\n") if f
+    ]
     assert frames[-1] == "[DONE]"
     error = json.loads(frames[-2])["error"]
     # Ended by the API's reclaim, not by the worker's silence running out (event_timeout_s).
