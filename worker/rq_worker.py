@@ -109,6 +109,17 @@ class ModelWorker(SimpleWorker):
             if self.gate is not None:
                 self.gate.release()
 
+    def subscribe(self) -> None:
+        """RQ's subscription to the worker's command channel, with a pub/sub thread that
+        wakes every second instead of every minute: from redis-py 8.2 on, stopping that
+        thread waits for it, so RQ's 60 s poll kept a stopping worker alive up to a minute
+        per slot after its last job."""
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(  # type: ignore[assignment]
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
     def teardown(self) -> None:
         try:
             super().teardown()  # type: ignore[no-untyped-call]
