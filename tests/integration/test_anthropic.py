@@ -137,10 +137,12 @@ def test_model_without_worker_is_overloaded(anthropic_client: Anthropic) -> None
         {"messages": []},
         {"extra_body": {"temperature": 1.5}},
         {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
-        {"tools": [{"name": "f", "input_schema": {"type": "object"}}]},
-        {"max_tokens": 100_000},
+        {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},  # a server tool
+        # max_tokens beyond the context is capped (as Anthropic's clients send large ones);
+        # a prompt beyond it cannot be.
+        {"messages": [{"role": "user", "content": "word " * 6000}]},
     ],
-    ids=["max-tokens-0", "no-messages", "temperature", "image", "tools", "over-context"],
+    ids=["max-tokens-0", "no-messages", "temperature", "image", "server-tool", "over-context"],
 )
 def test_bad_requests_are_invalid_request_errors(
     anthropic_client: Anthropic, params: dict[str, Any]
@@ -190,9 +192,13 @@ def test_raw_sse_event_order(api: ApiProcess) -> None:
         assert response.headers["content-type"].startswith("text/event-stream")
         raw = response.read().decode()
     frames = [frame.split("\n") for frame in raw.split("\n\n") if frame]
-    assert all(len(f) == 2 and f[0].startswith("event: ") for f in frames), raw
-    names = [f[0].removeprefix("event: ") for f in frames]
-    data = [json.loads(f[1].removeprefix("data: ")) for f in frames]
+    # Every frame: its SSE id (for Last-Event-ID), its event name, its data.
+    assert all(len(f) == 3 and f[0].startswith("id: ") for f in frames), raw
+    assert all(f[1].startswith("event: ") for f in frames), raw
+    ids = [int(f[0].removeprefix("id: ")) for f in frames]
+    assert ids == sorted(ids) and ids[0] == 0
+    names = [f[1].removeprefix("event: ") for f in frames]
+    data = [json.loads(f[2].removeprefix("data: ")) for f in frames]
     assert [d["type"] for d in data] == names
     deltas = names.count("content_block_delta")
     assert deltas >= 1

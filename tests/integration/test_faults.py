@@ -204,7 +204,8 @@ def test_redis_restart_ends_open_streams_and_everything_recovers(
         with httpx.stream(
             "POST", f"{fault_api.url}/v1/completions", json=LONG, timeout=60
         ) as stream:
-            lines = (line for line in stream.iter_lines() if line)
+            # Data lines only (each SSE frame also carries its `id:`).
+            lines = (line for line in stream.iter_lines() if line.startswith("data: "))
             next(lines)
             redis.stop()
             stopped_at = time.monotonic()

@@ -181,10 +181,12 @@ def test_model_without_worker_is_503(ollama_client: ollama.Client) -> None:
 @pytest.mark.parametrize(
     "params",
     [
-        {"format": "json"},
+        # A schema keyword the grammar cannot enforce.
+        {"format": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}},
         {"options": {"num_ctx": 100_000}},
         {"options": {"num_gpu": 1}},
-        {"options": {"num_predict": 100_000}},
+        # num_predict beyond the context is capped, as Ollama does; a prompt beyond it is not.
+        {"messages": [{"role": "user", "content": "word " * 6000}]},
         {"messages": [{"role": "user", "content": "x", "images": [b"\x89PNG"]}]},
     ],
     ids=["format", "num-ctx", "load-time-option", "over-context", "image"],

@@ -170,11 +170,18 @@ def test_model_without_worker_is_503(openai_client: OpenAI) -> None:
         {"messages": []},
         {"temperature": 5},
         {"max_tokens": -1},
-        {"n": 2},
-        {"logprobs": True},
-        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"n": 2},  # more sequences than the session worker's one slot
+        {"logprobs": True, "top_logprobs": 21},
+        {"tool_choice": "required"},  # and no tools
     ],
-    ids=["no-messages", "temperature", "negative-max-tokens", "n", "logprobs", "tools"],
+    ids=[
+        "no-messages",
+        "temperature",
+        "negative-max-tokens",
+        "n",
+        "top-logprobs-21",
+        "tool-choice-without-tools",
+    ],
 )
 def test_bad_body_is_400(openai_client: OpenAI, params: dict[str, object]) -> None:
     body = {"model": DEFAULT_MODEL, "messages": QUESTION, **params}

@@ -245,16 +245,22 @@ def test_a_queue_of_batch_jobs_is_passed_by_an_interactive_one(
         thread.start()
         return thread
 
-    blocker = queued("blocker", web, 48, first)  # holds the worker's one slot
+    # Holds the worker's one slot until every other job is in line (~3 s on 2 idle cores).
+    blocker = queued("blocker", web, 400, first)
     wait_until_running(redis_server)
     threads = [blocker]
     for i in range(3):  # a queue of batch jobs (the key's class) ...
         threads.append(queued(f"batch-{i}", bulk, 2, (first, second)[i % 2]))
         time.sleep(0.3)
     threads.append(queued("interactive", web, 2, second))  # ... then one interactive job
+    client = redis_server.client()
+    deadline = time.monotonic() + 60
+    while client.zcard(keys.waiting_jobs(MODEL)) < 4:
+        assert time.monotonic() < deadline, "the four jobs never queued"
+        time.sleep(0.02)
+    assert client.zcard(keys.running_jobs(MODEL)) == 1, "the blocker ended before all queued"
     for thread in threads:
         thread.join(timeout=300)
-    client = redis_server.client()
     started = {}
     for label, job_id in ids.items():
         record = JobRecord.from_hash(job_id, client.hgetall(keys.job_record(job_id)))
