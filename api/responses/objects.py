@@ -5,7 +5,7 @@ deletions and errors, shaped as the official SDK's types (`openai.types.response
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.responses.items import MessageItem, OutputTextContent
 
@@ -42,8 +42,29 @@ class TextFormat(BaseModel):
     type: Literal["text"] = "text"
 
 
+class JsonObjectFormat(BaseModel):
+    type: Literal["json_object"] = "json_object"
+
+
+class JsonSchemaFormat(BaseModel):
+    """Structured output by a JSON schema (a grammar constrains the output)."""
+
+    model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True)
+
+    type: Literal["json_schema"] = "json_schema"
+    name: str
+    json_schema: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+OutputFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
+
 class TextConfig(BaseModel):
-    format: TextFormat = Field(default_factory=TextFormat)
+    format: OutputFormat = Field(default_factory=TextFormat)
     verbosity: Literal["low", "medium", "high"] = "medium"
 
 

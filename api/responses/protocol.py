@@ -9,7 +9,10 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
+from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
 from api.responses.items import MessageItem, Role
+from api.responses.objects import JsonObjectFormat, JsonSchemaFormat
+from api.responses.objects import TextConfig as OutputConfig
 from api.wire import JobRequest, Loc, WireModel
 from shared.job import Flavour, GenerationJob, ModelName, SamplingParams, Text
 
@@ -21,9 +24,6 @@ MAX_METADATA_VALUE = 512
 MAX_ITEMS_PER_CALL = 20
 
 # Reasons given in the 400s of what is not honoured.
-NO_STRUCTURED_OUTPUT = (
-    "structured output (text.format json_schema or json_object) is not supported yet"
-)
 NO_TOOLS = "tools (function calling and built-in tools) are not supported yet"
 
 
@@ -119,16 +119,55 @@ class StreamOptions(WireModel):
     include_obfuscation: bool | None = None  # accepted; no obfuscation field is ever added
 
 
+class PlainTextFormat(WireModel):
+    type: Literal["text"]
+
+
+class JsonObjectTextFormat(WireModel):
+    type: Literal["json_object"]
+
+
+class JsonSchemaTextFormat(WireModel):
+    """`text.format` for structured output: the output is constrained to the schema by a
+    grammar (api/grammar.py), so it always parses and validates (`strict` or not)."""
+
+    type: Literal["json_schema"]
+    name: str
+    json_schema: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
 class TextConfig(WireModel):
-    format: dict[str, Any] | None = None
+    format: Annotated[
+        PlainTextFormat | JsonObjectTextFormat | JsonSchemaTextFormat,
+        Field(discriminator="type"),
+    ] | None = None
     verbosity: Literal["low", "medium", "high"] | None = None  # a hint; no effect here
 
-    @field_validator("format")
-    @classmethod
-    def _plain_text(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and value != {"type": "text"}:
-            raise ValueError(NO_STRUCTURED_OUTPUT)
-        return value
+    def grammar(self) -> str | None:
+        """The grammar the output must match, if the format asks for one."""
+        match self.format:
+            case JsonObjectTextFormat():
+                return JSON_OBJECT_GRAMMAR
+            case JsonSchemaTextFormat(json_schema=schema):
+                return schema_grammar(schema, "text.format.schema")
+        return None
+
+    def echoed(self) -> OutputConfig:
+        """As the response object repeats it."""
+        match self.format:
+            case JsonObjectTextFormat():
+                return OutputConfig(format=JsonObjectFormat())
+            case JsonSchemaTextFormat() as spec:
+                echo = JsonSchemaFormat(
+                    name=spec.name,
+                    json_schema=spec.json_schema,
+                    description=spec.description,
+                    strict=spec.strict,
+                )
+                return OutputConfig(format=echo)
+        return OutputConfig()
 
 
 class CreateResponseRequest(JobRequest):
@@ -205,7 +244,7 @@ class CreateResponseRequest(JobRequest):
     def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
         system = [MessageItem.of_text("system", self.instructions)] if self.instructions else []
         turns = [*system, *self._history, *self.input_items()]
-        return GenerationJob(
+        job = GenerationJob(
             model=self.model,
             messages=[turn.chat_message() for turn in turns] or None,
             sampling=SamplingParams(
@@ -218,6 +257,8 @@ class CreateResponseRequest(JobRequest):
             deadline=deadline,
             request_id=request_id,
         )
+        grammar = self.text.grammar() if self.text is not None else None
+        return constrain(job, grammar, tools_param="tools", format_param="text.format")
 
     def param(self, loc: Loc) -> str | None:
         if loc in ((), ("messages",)):  # nothing to answer: no input and no stored turns

@@ -30,6 +30,7 @@ from api.responses.objects import (
     ResponseStatus,
     ResponseUsage,
     StreamEvent,
+    TextConfig,
     TextDeltaEvent,
     TextDoneEvent,
 )
@@ -107,6 +108,7 @@ class ResponseDraft:
             max_output_tokens=body.max_output_tokens,
             temperature=self.job.sampling.temperature,
             top_p=self.job.sampling.top_p,
+            text=body.text.echoed() if body.text is not None else TextConfig(),
             metadata=body.metadata or {},
             previous_response_id=body.previous_response_id,
             conversation=None if conversation is None else ConversationRef(id=conversation),

@@ -1,12 +1,14 @@
 """The Responses API with the official `openai` client against a real API, a real worker and the
 real model: stored turns reach the prompt (counted in tokens), through any replica."""
 
+import json
 from collections.abc import Callable
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
+from pydantic import BaseModel
 
 from shared.settings import DEFAULT_MODEL
 from tests.integration.procs import ApiProcess, Process
@@ -65,6 +67,39 @@ def test_the_sdk_stream_helper_assembles_the_response(openai_client: OpenAI) -> 
         final = stream.get_final_response()
     assert text and final.output_text == text
     assert openai_client.responses.retrieve(final.id).output_text == text
+
+
+class City(BaseModel):
+    name: str
+    country: str
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_text_format_json_schema_parses_into_a_model(openai_client: OpenAI, stream: bool) -> None:
+    """`text.format` json_schema constrains the output by a grammar: the SDK's parse helper
+    (and its stream helper) get an object of the model."""
+    params = {**GREEDY, "max_output_tokens": 200, "input": "Name a city and its country."}
+    if stream:
+        with openai_client.responses.stream(**params, text_format=City) as events:  # type: ignore[arg-type]
+            final = events.get_final_response()
+        parsed = final.output_parsed
+    else:
+        response = openai_client.responses.parse(**params, text_format=City)  # type: ignore[arg-type]
+        parsed = response.output_parsed
+        assert response.text.format.type == "json_schema"
+    assert isinstance(parsed, City)
+
+
+def test_text_format_json_object_is_json(openai_client: OpenAI) -> None:
+    response = openai_client.responses.create(
+        **{**GREEDY, "max_output_tokens": 200},  # type: ignore[arg-type]
+        input="Describe a cat as a JSON object.",
+        text={"format": {"type": "json_object"}},
+    )
+    if response.status == "completed":  # within max_output_tokens, the object is complete
+        assert isinstance(json.loads(response.output_text), dict)
+    else:  # the generic JSON grammar bounds no length: cut, it is still an object's start
+        assert response.output_text.lstrip().startswith("{")
 
 
 def test_a_follow_up_carries_the_stored_turns_into_the_prompt(openai_client: OpenAI) -> None:

@@ -304,8 +304,19 @@ async def test_conversations_and_their_items(harness: Harness) -> None:
     ("fields", "param"),
     [
         ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
-        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format"),
-        ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+        (
+            {
+                "text": {
+                    "format": {
+                        "type": "json_schema",
+                        "name": "x",
+                        "schema": {"type": "integer", "minimum": 1},  # not enforceable
+                    }
+                }
+            },
+            "text.format.schema",
+        ),
+        ({"text": {"format": {"type": "xml"}}}, "text.format"),
         ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input.0.content"),
         ({"input": [{"role": "tool", "content": "x"}]}, "input.0.role"),
