@@ -9,7 +9,13 @@ the parameter as the flavour's client wrote it: `stop_sequences.3`, `options.rep
 from abc import abstractmethod
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 from pydantic_core import ErrorDetails
 
 from api.errors import InvalidRequestError
@@ -112,3 +118,15 @@ class JobRequest(WireModel):
 
 def _message(error: ErrorDetails) -> str:
     return str(error["msg"]).removeprefix("Value error, ")
+
+
+class ToolCallsWhenMade(BaseModel):
+    """Base of a reply message whose `tool_calls` key is sent only when calls were made, as
+    OpenAI and Ollama send it (subclasses declare `tool_calls: list[...] | None = None`)."""
+
+    @model_serializer(mode="wrap")
+    def _calls_when_made(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        if getattr(self, "tool_calls", None) is None:
+            dumped.pop("tool_calls", None)
+        return dumped

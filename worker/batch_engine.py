@@ -276,15 +276,7 @@ class BatchEngine:
             self._ctx.remove(slot.seq)  # this cache cannot drop a tail: drop all of it
             keep = 0
         slot.cached = slot.cached[:keep]
-        slot.pending = prompt[keep:]
-        slot.next_token = None
-        slot.logits_index = -1
-        slot.chain = chain
-        slot.sampling = sampling
-        slot.generated = 0
-        slot.active = True
-        self._order += 1
-        slot.started = self._order
+        self._activate(slot, prompt[keep:], chain, sampling)
         self.last_reused = keep
         self.reused_tokens += keep
         return slot.seq
@@ -317,7 +309,14 @@ class BatchEngine:
         slot = min((s for s in self._slots if not s.active), key=lambda s: len(s.cached))
         self._evict(slot)
         slot.copy_of = parent
-        slot.pending = []
+        self._activate(slot, [], chain, sampling)
+        return slot.seq
+
+    def _activate(
+        self, slot: _Slot, pending: list[int], chain: SamplerChain, sampling: SamplingParams
+    ) -> None:
+        """A free slot starts a sequence: `pending` prompt tokens to evaluate, its own chain."""
+        slot.pending = pending
         slot.next_token = None
         slot.logits_index = -1
         slot.chain = chain
@@ -326,7 +325,6 @@ class BatchEngine:
         slot.active = True
         self._order += 1
         slot.started = self._order
-        return slot.seq
 
     def step(self) -> list[Sampled]:
         """One llama_decode: a token for every decoding slot, chunks of pending prompts.

@@ -203,11 +203,7 @@ class JobRunner:
             while live:
                 if self.control.should_stop(job):
                     raise _stopped()
-                if self.job_timeout_s is not None and time.time() - started > self.job_timeout_s:
-                    raise JobError(
-                        ErrorCode.DEADLINE_EXCEEDED,
-                        f"the job ran past its time limit of {self.job_timeout_s:g} s",
-                    )
+                self._check_time_limit(started)
                 for sampled in self.engine.step():
                     choice = live.get(sampled.slot)
                     if choice is None:
@@ -262,11 +258,7 @@ class JobRunner:
             while (vectors := pending.wait(_EMBED_POLL_S)) is None:
                 if self.control.should_stop(job):
                     raise _stopped()
-                if self.job_timeout_s is not None and time.time() - started > self.job_timeout_s:
-                    raise JobError(
-                        ErrorCode.DEADLINE_EXCEEDED,
-                        f"the job ran past its time limit of {self.job_timeout_s:g} s",
-                    )
+                self._check_time_limit(started)
         finally:
             pending.close()
         return EmbeddingsEvent.of(
@@ -278,6 +270,13 @@ class JobRunner:
                 decode=0.0,
             ),
         )
+
+    def _check_time_limit(self, started: float) -> None:
+        if self.job_timeout_s is not None and time.time() - started > self.job_timeout_s:
+            raise JobError(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"the job ran past its time limit of {self.job_timeout_s:g} s",
+            )
 
     def _embedding_inputs(self, job: EmbeddingJob, embedder: Embedder) -> list[list[int]]:
         """Every input as tokens that fit the context (cut to it with `truncate`)."""

@@ -11,17 +11,15 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
 from api.errors import InvalidRequestError
 from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
-from api.wire import JobRequest, WireModel
+from api.wire import JobRequest, ToolCallsWhenMade, WireModel
 from shared.job import (
     ChatMessage,
     EmbeddingJob,
@@ -355,17 +353,10 @@ class ResponseToolCall(BaseModel):
     function: ResponseFunction
 
 
-class AssistantMessage(BaseModel):
+class AssistantMessage(ToolCallsWhenMade):
     role: Literal["assistant"] = "assistant"
     content: str
     tool_calls: list[ResponseToolCall] | None = None
-
-    @model_serializer(mode="wrap")
-    def _calls_when_made(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        dumped: dict[str, Any] = handler(self)
-        if self.tool_calls is None:
-            dumped.pop("tool_calls", None)
-        return dumped
 
 
 class TokenLogprob(BaseModel):

@@ -10,7 +10,6 @@ from typing import Annotated, Any, ClassVar, Literal, Self, cast
 from pydantic import (
     BaseModel,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
     model_serializer,
@@ -19,7 +18,7 @@ from pydantic import (
 
 from api.errors import InvalidRequestError
 from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
-from api.wire import JobRequest, WireModel
+from api.wire import JobRequest, ToolCallsWhenMade, WireModel
 from shared.job import (
     ChatMessage,
     EmbeddingInput,
@@ -404,17 +403,10 @@ class ResponseToolCall(BaseModel):
     function: ResponseFunction
 
 
-class ResponseMessage(BaseModel):
+class ResponseMessage(ToolCallsWhenMade):
     role: Literal["assistant"] = "assistant"
     content: str | None
     tool_calls: list[ResponseToolCall] | None = None
-
-    @model_serializer(mode="wrap")
-    def _calls_when_made(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        dumped: dict[str, Any] = handler(self)
-        if self.tool_calls is None:
-            dumped.pop("tool_calls", None)
-        return dumped
 
 
 class TopLogprob(BaseModel):
