@@ -54,7 +54,7 @@ class InvalidRequestError(ApiError):
 
     @classmethod
     def from_validation(cls, exc: RequestValidationError) -> "InvalidRequestError":
-        problems = [_describe(e) for e in exc.errors()]
+        problems = [_describe(e, exc.body) for e in exc.errors()]
         first = problems[0] if problems else ("", "invalid request body")
         message = "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in problems)
         return cls(message or first[1], param=first[0] or None)
@@ -227,8 +227,8 @@ def as_api_error(exc: Exception) -> ApiError:
     return ApiError("internal server error")
 
 
-def _describe(error: Any) -> tuple[str, str]:
-    loc = ".".join(str(p) for p in _without_source(error.get("loc", ())))
+def _describe(error: Any, body: Any = None) -> tuple[str, str]:
+    loc = ".".join(str(p) for p in _as_sent(_without_source(error.get("loc", ())), body))
     kind = error.get("type", "")
     if kind == "extra_forbidden":
         return loc, "this parameter is not supported"
@@ -239,6 +239,33 @@ def _describe(error: Any) -> tuple[str, str]:
         )
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     return loc, message
+
+
+def _as_sent(loc: tuple[Any, ...], body: Any) -> tuple[Any, ...]:
+    """A body error's location as the client wrote it: without the tag pydantic adds after a
+    discriminated union's place (`input.0.message.role` is `input.0.role`) and the member
+    labels of other unions (`content.str`). Such a label is a name where the value sent is not
+    an object, or is an object without that key: a missing field's name is one too, but it is
+    the last part, where a tag is only when it is also a value of that object.
+    """
+    if body is None:
+        return loc
+    kept: list[Any] = []
+    node = body
+    for position, part in enumerate(loc):
+        last = position == len(loc) - 1
+        if isinstance(part, str) and (
+            not isinstance(node, dict) or (part not in node and (not last or part in node.values()))
+        ):
+            continue
+        kept.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return tuple(kept)
 
 
 def _without_source(loc: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -179,7 +179,7 @@ async def test_model_without_worker_is_overloaded(harness: Harness) -> None:
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "tool_result", "content": "x"}]}]},
-            "tool_result",
+            "messages.0.content.0.tool_use_id",
         ),
         (
             {

@@ -108,7 +108,7 @@ async def test_known_model_without_worker_is_503(harness: Harness) -> None:
                     }
                 ],
             },
-            "messages.0.user.content",
+            "messages.0.content",
         ),
     ],
 )
