@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.responses.items import MessageItem, OutputTextContent
+from api.responses.items import MessageItem, OutputItem, OutputTextContent
 
 ResponseStatus = Literal["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"]
 
@@ -77,6 +77,21 @@ class ConversationRef(BaseModel):
     id: str
 
 
+class FunctionToolObject(BaseModel):
+    """A function tool of the request, as the response repeats it."""
+
+    type: Literal["function"] = "function"
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionChoiceObject(BaseModel):
+    type: Literal["function"] = "function"
+    name: str
+
+
 class ResponseObject(BaseModel):
     """A response, with the request's parameters echoed as OpenAI echoes them."""
 
@@ -88,7 +103,7 @@ class ResponseObject(BaseModel):
     error: ResponseError | None = None
     incomplete_details: IncompleteDetails | None = None
     model: str
-    output: list[MessageItem]
+    output: list[OutputItem]
     usage: ResponseUsage | None = None
     instructions: str | None = None
     max_output_tokens: int | None = None
@@ -100,8 +115,8 @@ class ResponseObject(BaseModel):
     store: bool
     background: bool = False
     parallel_tool_calls: bool = True
-    tool_choice: Literal["auto", "none"] = "auto"
-    tools: list[Any] = Field(default_factory=list)
+    tool_choice: Literal["auto", "none", "required"] | FunctionChoiceObject = "auto"
+    tools: list[FunctionToolObject] = Field(default_factory=list)
     text: TextConfig = Field(default_factory=TextConfig)
     reasoning: Reasoning = Field(default_factory=Reasoning)
     truncation: Literal["disabled"] = "disabled"
@@ -113,7 +128,7 @@ class ResponseObject(BaseModel):
 
     @property
     def output_text(self) -> str:
-        return "".join(item.text for item in self.output)
+        return "".join(item.text for item in self.output if isinstance(item, MessageItem))
 
 
 class DeletedResponse(BaseModel):
@@ -156,7 +171,7 @@ class OutputItemEvent(BaseModel):
     type: Literal["response.output_item.added", "response.output_item.done"]
     sequence_number: int
     output_index: int = 0
-    item: MessageItem
+    item: OutputItem
 
 
 class ContentPartEvent(BaseModel):
@@ -188,6 +203,25 @@ class TextDoneEvent(BaseModel):
     logprobs: list[object] = Field(default_factory=list)
 
 
+class ArgumentsDeltaEvent(BaseModel):
+    type: Literal["response.function_call_arguments.delta"] = (
+        "response.function_call_arguments.delta"
+    )
+    sequence_number: int
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class ArgumentsDoneEvent(BaseModel):
+    type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
+    sequence_number: int
+    item_id: str
+    output_index: int
+    name: str
+    arguments: str
+
+
 class ErrorEvent(BaseModel):
     """An error after the stream started (then `response.failed`)."""
 
@@ -204,6 +238,8 @@ StreamEvent = Annotated[
     | ContentPartEvent
     | TextDeltaEvent
     | TextDoneEvent
+    | ArgumentsDeltaEvent
+    | ArgumentsDoneEvent
     | ErrorEvent,
     Field(discriminator="type"),
 ]

@@ -5,16 +5,38 @@ Ranges and caps of generation are the neutral job's (shared/job.py); these model
 their fields. The rules here are OpenAI's own wire rules (metadata, items per call).
 """
 
+import json
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
+from api.errors import InvalidRequestError
 from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
-from api.responses.items import MessageItem, Role
-from api.responses.objects import JsonObjectFormat, JsonSchemaFormat
+from api.responses.items import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    Item,
+    MessageItem,
+    Role,
+    chat_turns,
+)
+from api.responses.objects import (
+    FunctionChoiceObject,
+    FunctionToolObject,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+)
 from api.responses.objects import TextConfig as OutputConfig
 from api.wire import JobRequest, Loc, WireModel
-from shared.job import Flavour, GenerationJob, ModelName, SamplingParams, Text
+from shared.job import (
+    Flavour,
+    GenerationJob,
+    ModelName,
+    NamedToolChoice,
+    SamplingParams,
+    Text,
+    ToolChoice,
+)
 
 # OpenAI's limits on `metadata`: 16 pairs, keys of 64 characters, values of 512.
 MAX_METADATA_PAIRS = 16
@@ -23,8 +45,8 @@ MAX_METADATA_VALUE = 512
 # Items added to a conversation in one call, at most (OpenAI's limit).
 MAX_ITEMS_PER_CALL = 20
 
-# Reasons given in the 400s of what is not honoured.
-NO_TOOLS = "tools (function calling and built-in tools) are not supported yet"
+# The item types `input` and conversations take.
+ITEM_TYPES = ("message", "function_call", "function_call_output")
 
 
 class InputTextPart(WireModel):
@@ -76,23 +98,121 @@ class InputMessage(WireModel):
         return MessageItem.of_text(self.role, text)
 
 
-def _only_messages(value: Any) -> Any:
-    """A string is one user message; a list is refused clearly if it holds item types tokenq
-    does not take (tool calls and their outputs, references, reasoning), before the message
-    model would report missing fields."""
+class InputFunctionCall(WireModel):
+    """A function call the model made, given back (an earlier `output` item, or the caller's
+    own record of it)."""
+
+    type: Literal["function_call"]
+    call_id: Annotated[str, Field(min_length=1)]
+    name: str
+    arguments: str = Field(description="JSON text of the arguments object.")
+    id: str | None = None  # stored under a new id, as messages are
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    @field_validator("arguments")
+    @classmethod
+    def _an_object(cls, value: str) -> str:
+        try:
+            arguments = json.loads(value)
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise ValueError("a function call's arguments must be the JSON text of an object")
+        return value
+
+    def item(self) -> FunctionCallItem:
+        return FunctionCallItem(call_id=self.call_id, name=self.name, arguments=self.arguments)
+
+
+class InputFunctionCallOutput(WireModel):
+    """What the caller's code returned for a call (`call_id`): text, or text parts."""
+
+    type: Literal["function_call_output"]
+    call_id: Annotated[str, Field(min_length=1)]
+    output: str | list[Annotated[InputTextPart | UnreadablePart, Field(discriminator="type")]]
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    def item(self) -> FunctionCallOutputItem:
+        output = self.output
+        if not isinstance(output, str):
+            output = "".join(p.text for p in output if isinstance(p, InputTextPart))
+        return FunctionCallOutputItem(call_id=self.call_id, output=output)
+
+
+InputItem = Annotated[
+    InputMessage | InputFunctionCall | InputFunctionCallOutput, Field(discriminator="type")
+]
+
+
+def _typed_items(value: Any) -> Any:
+    """A string is one user message, and an item without a type a message (the easy form);
+    item types tokenq does not take (references, reasoning, built-in tools' calls) are refused
+    clearly, before a model would report missing fields."""
     if isinstance(value, str):
-        return [{"role": "user", "content": value}]
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            kind = item.get("type", "message") if isinstance(item, dict) else "message"
-            if kind != "message":
+        return [{"type": "message", "role": "user", "content": value}]
+    if not isinstance(value, list):
+        return value
+    items = []
+    for index, item in enumerate(value):
+        if isinstance(item, dict):
+            kind = item.get("type", "message")
+            if kind not in ITEM_TYPES:
                 raise ValueError(
-                    f"item {index}: items of type '{kind}' are not supported; only messages"
+                    f"item {index}: items of type '{kind}' are not supported; only messages, "
+                    "function calls and function call outputs"
+                )
+            item = {**item, "type": kind}
+        items.append(item)
+    return items
+
+
+InputItems = Annotated[list[InputItem], BeforeValidator(_typed_items)]
+
+
+class FunctionToolSpec(WireModel):
+    """A function tool (Responses' flat form). `strict` or not, a forced call's arguments
+    follow the schema (a grammar constrains them); under `auto` they are not checked."""
+
+    type: Literal["function"]
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def echoed(self) -> FunctionToolObject:
+        return FunctionToolObject(
+            name=self.name,
+            description=self.description,
+            parameters=self.parameters,
+            strict=self.strict,
+        )
+
+
+def _function_tools_only(value: Any) -> Any:
+    if isinstance(value, list):
+        for index, tool in enumerate(value):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind is not None and kind != "function":
+                raise ValueError(
+                    f"tool {index}: built-in tools ('{kind}') are not supported; only "
+                    "function tools"
                 )
     return value
 
 
-InputItems = Annotated[list[InputMessage], BeforeValidator(_only_messages)]
+class FunctionChoice(WireModel):
+    type: Literal["function"]
+    name: str
+
+
+def _function_choice_only(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("type") != "function":
+        raise ValueError(
+            "only 'auto', 'none', 'required' or {\"type\": \"function\", \"name\": ...} can be "
+            "chosen: there are no built-in tools"
+        )
+    return value
 
 
 def _metadata(value: dict[str, str] | None) -> dict[str, str] | None:
@@ -139,10 +259,13 @@ class JsonSchemaTextFormat(WireModel):
 
 
 class TextConfig(WireModel):
-    format: Annotated[
-        PlainTextFormat | JsonObjectTextFormat | JsonSchemaTextFormat,
-        Field(discriminator="type"),
-    ] | None = None
+    format: (
+        Annotated[
+            PlainTextFormat | JsonObjectTextFormat | JsonSchemaTextFormat,
+            Field(discriminator="type"),
+        ]
+        | None
+    ) = None
     verbosity: Literal["low", "medium", "high"] | None = None  # a hint; no effect here
 
     def grammar(self) -> str | None:
@@ -189,8 +312,14 @@ class CreateResponseRequest(JobRequest):
     conversation: str | ConversationRef | None = None
     metadata: Metadata = None
     text: TextConfig | None = None
-    tools: list[Any] | None = None
-    tool_choice: Literal["auto", "none"] | None = None
+    tools: Annotated[list[FunctionToolSpec], BeforeValidator(_function_tools_only)] | None = None
+    tool_choice: (
+        Annotated[
+            Literal["auto", "none", "required"] | FunctionChoice,
+            BeforeValidator(_function_choice_only),
+        ]
+        | None
+    ) = None
     parallel_tool_calls: bool | None = None
     truncation: Literal["disabled"] | None = None
     top_logprobs: Literal[0] | None = None
@@ -202,16 +331,11 @@ class CreateResponseRequest(JobRequest):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
 
-    _history: list[MessageItem] = PrivateAttr(default_factory=list)
+    _history: list[Item] = PrivateAttr(default_factory=list)
+    # The parameter of the text of each of the job's messages.
+    _message_params: list[str] = PrivateAttr(default_factory=list)
 
     _check_metadata = field_validator("metadata")(_metadata)
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
-        if value:
-            raise ValueError(NO_TOOLS)
-        return value
 
     @field_validator("include")
     @classmethod
@@ -232,21 +356,30 @@ class CreateResponseRequest(JobRequest):
             return self.conversation.id
         return self.conversation
 
-    def input_items(self) -> list[MessageItem]:
+    def input_items(self) -> list[Item]:
         """This request's input as stored items (instructions are not an item)."""
-        return [message.item() for message in self.input or []]
+        return [item.item() for item in self.input or []]
 
-    def with_history(self, history: list[MessageItem]) -> Self:
+    def with_history(self, history: list[Item]) -> Self:
         """This request continuing the stored turns of its previous response or conversation."""
         self._history = list(history)
         return self
 
     def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
-        system = [MessageItem.of_text("system", self.instructions)] if self.instructions else []
-        turns = [*system, *self._history, *self.input_items()]
+        system: list[Item] = (
+            [MessageItem.of_text("system", self.instructions)] if self.instructions else []
+        )
+        items = [*system, *self._history, *self.input_items()]
+        if not items:
+            raise InvalidRequestError(
+                "there is nothing to answer: no input, instructions or stored turns",
+                param="input",
+            )
+        turns = chat_turns(items, self._item_param)
+        self._message_params = [self._item_param(i, _text_field(items[i])) for i, _ in turns]
         job = GenerationJob(
             model=self.model,
-            messages=[turn.chat_message() for turn in turns] or None,
+            messages=[message for _, message in turns],
             sampling=SamplingParams(
                 max_tokens=self.max_output_tokens,
                 temperature=1.0 if self.temperature is None else self.temperature,
@@ -256,22 +389,49 @@ class CreateResponseRequest(JobRequest):
             flavour=Flavour.RESPONSES,
             deadline=deadline,
             request_id=request_id,
+            tools=[
+                self.tool(i, t.name, t.description, t.parameters)
+                for i, t in enumerate(self.tools or [])
+            ],
+            tool_choice=self._tool_choice(),
+            parallel_tool_calls=self.parallel_tool_calls is not False,
         )
         grammar = self.text.grammar() if self.text is not None else None
         return constrain(job, grammar, tools_param="tools", format_param="text.format")
 
     def param(self, loc: Loc) -> str | None:
-        if loc in ((), ("messages",)):  # nothing to answer: no input and no stored turns
+        if loc == ("messages",):
             return "input"
         return super().param(loc)
 
+    def _tool_choice(self) -> ToolChoice:
+        if isinstance(self.tool_choice, FunctionChoice):
+            return NamedToolChoice(name=self.tool_choice.name)
+        return self.tool_choice or "auto"
+
+    def echoed_tool_choice(self) -> Literal["auto", "none", "required"] | FunctionChoiceObject:
+        """`tool_choice` as the response object repeats it."""
+        if isinstance(self.tool_choice, FunctionChoice):
+            return FunctionChoiceObject(name=self.tool_choice.name)
+        return self.tool_choice or "auto"
+
     def message_param(self, index: int) -> str:
+        return self._message_params[index]
+
+    def _item_param(self, index: int, field: str = "call_id") -> str:
+        """The parameter of a field of the item at `index` of instructions, stored turns and
+        input: the stored turns are blamed as a whole, by what names them."""
         index -= 1 if self.instructions else 0
         if index < 0:
             return "instructions"
         if index < len(self._history):
             return "previous_response_id" if self.previous_response_id else "conversation"
-        return f"input.{index - len(self._history)}.content"
+        return f"input.{index - len(self._history)}.{field}"
+
+
+def _text_field(item: Item) -> str:
+    """The field that holds an item's text."""
+    return "output" if isinstance(item, FunctionCallOutputItem) else "content"
 
 
 class CreateConversationRequest(WireModel):

@@ -12,7 +12,7 @@ from api.openai.serving import render_error as openai_render_error
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import collect, stream_response
 from api.responses import serving
-from api.responses.items import ItemList, MessageItem, page
+from api.responses.items import Item, ItemList, page
 from api.responses.objects import (
     Conversation,
     DeletedConversation,
@@ -27,6 +27,7 @@ from api.responses.protocol import (
 )
 from api.responses.store import ResponseStore, StoredConversation
 from api.submit import submit
+from api.tool_calls import read_reply
 from shared.job import Flavour
 
 router = APIRouter(
@@ -66,12 +67,12 @@ async def create_response(
     if body.stream:
         return await stream_response(stream, lambda: serving.ResponseStreamEncoder(draft, store))
     out = await collect(stream)
-    response = draft.finished(out.text, out.done)
+    response = draft.finished(read_reply(job, out.text), out.done)
     await serving.keep(store, draft, response)
     return response
 
 
-async def _history(store: ResponseStore, body: CreateResponseRequest) -> list[MessageItem]:
+async def _history(store: ResponseStore, body: CreateResponseRequest) -> list[Item]:
     """The stored turns the request continues (404 naming the parameter if they are gone)."""
     if body.previous_response_id is not None:
         previous = await store.response(body.previous_response_id, "previous_response_id")
@@ -105,7 +106,7 @@ async def list_input_items(
 
 @router.post("/conversations")
 async def create_conversation(body: CreateConversationRequest, store: StoreDep) -> Conversation:
-    items = [message.item() for message in body.items or []]
+    items = [item.item() for item in body.items or []]
     return (await store.create_conversation(body.metadata or {}, items)).public()
 
 
@@ -143,13 +144,13 @@ async def list_items(
 
 @router.post("/conversations/{conversation_id}/items")
 async def add_items(conversation_id: str, body: CreateItemsRequest, store: StoreDep) -> ItemList:
-    items = [message.item() for message in body.items]
+    items = [item.item() for item in body.items]
     await store.add_items(conversation_id, items)
     return ItemList(data=items, first_id=items[0].id, last_id=items[-1].id, has_more=False)
 
 
 @router.get("/conversations/{conversation_id}/items/{item_id}")
-async def get_item(conversation_id: str, item_id: str, store: StoreDep) -> MessageItem:
+async def get_item(conversation_id: str, item_id: str, store: StoreDep) -> Item:
     return (await store.conversation(conversation_id)).item(item_id)
 
 

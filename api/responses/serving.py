@@ -1,10 +1,15 @@
 """Neutral events to Responses API objects and stream events; keeping what a response stores.
 
-A streamed response sends `response.created`, `response.in_progress`,
+A response's `output` is its message (left out when the model only called tools), then one
+`function_call` item per call (api/tool_calls.py reads the output for them). A streamed
+response sends `response.created`, `response.in_progress`, then for its message
 `response.output_item.added`, `response.content_part.added`, `response.output_text.delta`...,
-`response.output_text.done`, `response.content_part.done`, `response.output_item.done`, then
-`response.completed` (or `response.incomplete` when `max_output_tokens` cut it); an error
-after the start is an `error` event followed by `response.failed`. The response is stored
+`response.output_text.done`, `response.content_part.done`, `response.output_item.done`; for
+each call, once the output has ended, `response.output_item.added` (its arguments empty),
+`response.function_call_arguments.delta`, `response.function_call_arguments.done` and
+`response.output_item.done`; then `response.completed` (or `response.incomplete` when
+`max_output_tokens` cut it). An error after the start is an `error` event followed by
+`response.failed`. The response is stored
 (and its turns added to its conversation) before its last event is sent, so a follow-up sent
 as soon as the stream ends finds it.
 """
@@ -16,9 +21,18 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 from api.errors import ApiError, BackendUnavailableError, ErrorKind
+from api.openai.serving import call_id
 from api.relay import StreamEncoder
-from api.responses.items import MessageItem, OutputTextContent
+from api.responses.items import (
+    FunctionCallItem,
+    Item,
+    MessageItem,
+    OutputItem,
+    OutputTextContent,
+)
 from api.responses.objects import (
+    ArgumentsDeltaEvent,
+    ArgumentsDoneEvent,
     ContentPartEvent,
     ConversationRef,
     ErrorEvent,
@@ -37,8 +51,9 @@ from api.responses.objects import (
 from api.responses.protocol import CreateResponseRequest
 from api.responses.store import ResponseStore, StoredResponse
 from api.sse import format_sse
+from api.tool_calls import CallSplitter, Reply, arguments_json
 from shared.events import DoneEvent, FinishReason, TerminalEvent, TokenEvent
-from shared.job import GenerationJob
+from shared.job import GenerationJob, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +75,8 @@ class ResponseDraft:
 
     job: GenerationJob
     body: CreateResponseRequest
-    history: list[MessageItem]
-    input_items: list[MessageItem] = field(default_factory=list)
+    history: list[Item]
+    input_items: list[Item] = field(default_factory=list)
     created_at: int = field(default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
@@ -81,7 +96,7 @@ class ResponseDraft:
     def response(
         self,
         status: ResponseStatus,
-        output: list[MessageItem],
+        output: list[OutputItem],
         *,
         done: DoneEvent | None = None,
         error: ApiError | None = None,
@@ -113,20 +128,30 @@ class ResponseDraft:
             previous_response_id=body.previous_response_id,
             conversation=None if conversation is None else ConversationRef(id=conversation),
             store=body.store,
-            tool_choice=body.tool_choice or "auto",
+            tools=[tool.echoed() for tool in body.tools or []],
+            tool_choice=body.echoed_tool_choice(),
             parallel_tool_calls=body.parallel_tool_calls is not False,
             user=body.user,
             safety_identifier=body.safety_identifier,
             prompt_cache_key=body.prompt_cache_key,
         )
 
-    def finished(self, text: str, done: DoneEvent) -> ResponseObject:
-        """The whole response once its job is done."""
+    def finished(self, reply: Reply, done: DoneEvent) -> ResponseObject:
+        """The whole response once its job is done: its message (unless the model only called
+        tools), then its calls."""
         cut = done.finish_reason is FinishReason.LENGTH
         status: ResponseStatus = "incomplete" if cut else "completed"
-        return self.response(
-            status, [self.message(text, "incomplete" if cut else "completed")], done=done
-        )
+        output: list[OutputItem] = []
+        if reply.text or not reply.calls:
+            output.append(self.message(reply.text, "incomplete" if cut else "completed"))
+        output.extend(function_call(call) for call in reply.calls)
+        return self.response(status, output, done=done)
+
+
+def function_call(call: ToolCall) -> FunctionCallItem:
+    return FunctionCallItem(
+        id=f"fc_{call.id}", call_id=call_id(call), name=call.name, arguments=arguments_json(call)
+    )
 
 
 def usage(done: DoneEvent) -> ResponseUsage:
@@ -154,11 +179,19 @@ async def keep(store: ResponseStore, draft: ResponseDraft, response: ResponseObj
 
 
 class ResponseStreamEncoder(StreamEncoder):
+    """Text deltas as they come; when the job offers tools, the output is read for calls
+    (api/tool_calls.py) and the message is opened only once there is text that is more than
+    white space, so that an answer of calls alone has no message."""
+
     def __init__(self, draft: ResponseDraft, store: ResponseStore) -> None:
         self.draft = draft
         self.store = store
         self.sequence = 0
-        self.parts: list[str] = []
+        self.splitter = CallSplitter(draft.job)
+        self.opened = False  # the message's item and part were added
+        self.sent: list[str] = []  # the message's text sent so far
+        self.held = ""  # white space before the message is opened
+        self.reply: Reply | None = None  # once the output has ended
         self.final: ResponseObject | None = None
         self.failure: ApiError | None = None  # storing the response failed
 
@@ -171,10 +204,8 @@ class ResponseStreamEncoder(StreamEncoder):
         return self.sequence - 1
 
     def start(self) -> list[bytes]:
-        draft = self.draft
-        started = draft.response("in_progress", [])
-        item = draft.message("", "in_progress").model_copy(update={"content": []})
-        return [
+        started = self.draft.response("in_progress", [])
+        frames = [
             self._frame(
                 ResponseEvent(
                     type="response.created", sequence_number=self._next(), response=started
@@ -185,6 +216,15 @@ class ResponseStreamEncoder(StreamEncoder):
                     type="response.in_progress", sequence_number=self._next(), response=started
                 )
             ),
+        ]
+        if not self.draft.job.offers_tools:
+            frames.extend(self._open())
+        return frames
+
+    def _open(self) -> list[bytes]:
+        self.opened = True
+        item = self.draft.message("", "in_progress").model_copy(update={"content": []})
+        return [
             self._frame(
                 OutputItemEvent(
                     type="response.output_item.added", sequence_number=self._next(), item=item
@@ -194,26 +234,50 @@ class ResponseStreamEncoder(StreamEncoder):
                 ContentPartEvent(
                     type="response.content_part.added",
                     sequence_number=self._next(),
-                    item_id=draft.message_id,
+                    item_id=self.draft.message_id,
                     part=OutputTextContent(text=""),
                 )
             ),
         ]
 
-    def token(self, event: TokenEvent) -> list[bytes]:
-        self.parts.append(event.text)
-        return [
-            self._frame(
-                TextDeltaEvent(
-                    sequence_number=self._next(), item_id=self.draft.message_id, delta=event.text
+    def _text(self, text: str) -> list[bytes]:
+        """Text of the message, opened first if need be."""
+        frames: list[bytes] = []
+        if not self.opened:
+            self.held += text
+            if not self.held.strip():
+                return []
+            text, self.held = self.held, ""
+            frames.extend(self._open())
+        if text:
+            self.sent.append(text)
+            frames.append(
+                self._frame(
+                    TextDeltaEvent(
+                        sequence_number=self._next(), item_id=self.draft.message_id, delta=text
+                    )
                 )
             )
-        ]
+        return frames
+
+    def token(self, event: TokenEvent) -> list[bytes]:
+        return self._text(self.splitter.feed(event.text))
+
+    def _reply(self) -> Reply:
+        """The output read once it has ended: the message's whole text (that sent and that
+        still to send) and the calls."""
+        if self.reply is None:
+            end = self.splitter.finish()
+            text = "".join(self.sent) + self.held + end.text
+            kept = self.opened or bool(text.strip()) or not end.calls
+            self.held += end.text
+            self.reply = Reply(text if kept else "", end.calls)
+        return self.reply
 
     async def settle(self, terminal: TerminalEvent) -> None:
         if terminal.type != "done":
             return
-        self.final = self.draft.finished("".join(self.parts), terminal)
+        self.final = self.draft.finished(self._reply(), terminal)
         try:
             await keep(self.store, self.draft, self.final)
         except (RedisError, ApiError) as exc:  # e.g. the conversation was deleted meanwhile
@@ -229,12 +293,31 @@ class ResponseStreamEncoder(StreamEncoder):
     def done(self, event: DoneEvent) -> list[bytes]:
         if self.failure is not None:
             return self.error(self.failure)
-        final = self.final or self.draft.finished("".join(self.parts), event)
-        message = final.output[0]
+        final = self.final or self.draft.finished(self._reply(), event)
+        frames: list[bytes] = []
+        for index, item in enumerate(final.output):
+            match item:
+                case MessageItem():
+                    frames.extend(self._message_done(item))
+                case FunctionCallItem():
+                    frames.extend(self._call(index, item))
+        kind = "response.incomplete" if final.status == "incomplete" else "response.completed"
+        frames.append(
+            self._frame(ResponseEvent(type=kind, sequence_number=self._next(), response=final))
+        )
+        return frames
+
+    def _message_done(self, message: MessageItem) -> list[bytes]:
+        """The rest of the message's text, then its ends."""
+        frames = [] if self.opened else self._open()
+        if self.held:
+            frames.extend(self._text(self.held))
+            self.held = ""
         part = message.content[0]
         assert isinstance(part, OutputTextContent)
         item_id = self.draft.message_id
-        frames = [
+        return [
+            *frames,
             self._frame(
                 TextDoneEvent(sequence_number=self._next(), item_id=item_id, text=part.text)
             ),
@@ -252,16 +335,51 @@ class ResponseStreamEncoder(StreamEncoder):
                 )
             ),
         ]
-        kind = "response.incomplete" if final.status == "incomplete" else "response.completed"
-        frames.append(
-            self._frame(ResponseEvent(type=kind, sequence_number=self._next(), response=final))
-        )
-        return frames
+
+    def _call(self, index: int, call: FunctionCallItem) -> list[bytes]:
+        """A call, whole: added with empty arguments, its arguments in one delta, done."""
+        added = call.model_copy(update={"arguments": "", "status": "in_progress"})
+        return [
+            self._frame(
+                OutputItemEvent(
+                    type="response.output_item.added",
+                    sequence_number=self._next(),
+                    output_index=index,
+                    item=added,
+                )
+            ),
+            self._frame(
+                ArgumentsDeltaEvent(
+                    sequence_number=self._next(),
+                    item_id=call.id,
+                    output_index=index,
+                    delta=call.arguments,
+                )
+            ),
+            self._frame(
+                ArgumentsDoneEvent(
+                    sequence_number=self._next(),
+                    item_id=call.id,
+                    output_index=index,
+                    name=call.name,
+                    arguments=call.arguments,
+                )
+            ),
+            self._frame(
+                OutputItemEvent(
+                    type="response.output_item.done",
+                    sequence_number=self._next(),
+                    output_index=index,
+                    item=call,
+                )
+            ),
+        ]
 
     def error(self, error: ApiError) -> list[bytes]:
-        failed = self.draft.response(
-            "failed", [self.draft.message("".join(self.parts), "incomplete")], error=error
+        output: list[OutputItem] = (
+            [self.draft.message("".join(self.sent), "incomplete")] if self.opened else []
         )
+        failed = self.draft.response("failed", output, error=error)
         return [
             self._frame(
                 ErrorEvent(

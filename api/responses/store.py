@@ -18,7 +18,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import WatchError
 
 from api.errors import ObjectNotFoundError, StoredStateTooLargeError
-from api.responses.items import MessageItem, items_size
+from api.responses.items import Item, items_size
 from api.responses.objects import Conversation, ResponseObject
 from shared import keys
 from shared.settings import ApiSettings
@@ -26,20 +26,20 @@ from shared.settings import ApiSettings
 
 class StoredResponse(BaseModel):
     response: ResponseObject
-    input_items: list[MessageItem]  # this request's input, as `input_items` lists it
-    context: list[MessageItem]  # what a follow-up continues: earlier turns, input, output
+    input_items: list[Item]  # this request's input, as `input_items` lists it
+    context: list[Item]  # what a follow-up continues: earlier turns, input, output
 
 
 class StoredConversation(BaseModel):
     id: str
     created_at: int
     metadata: dict[str, str]
-    items: list[MessageItem]
+    items: list[Item]
 
     def public(self) -> Conversation:
         return Conversation(id=self.id, created_at=self.created_at, metadata=self.metadata)
 
-    def item(self, item_id: str) -> MessageItem:
+    def item(self, item_id: str) -> Item:
         for item in self.items:
             if item.id == item_id:
                 return item
@@ -58,7 +58,7 @@ class ResponseStore:
         self._ttl_s = settings.responses_ttl_s
         self.max_bytes = settings.responses_max_bytes
 
-    def check_size(self, items: list[MessageItem], param: str) -> None:
+    def check_size(self, items: list[Item], param: str) -> None:
         """400 when `items` are more than a stored response or conversation may hold."""
         size = items_size(items)
         if size > self.max_bytes:
@@ -95,7 +95,7 @@ class ResponseStore:
         return StoredConversation.model_validate_json(raw)
 
     async def create_conversation(
-        self, metadata: dict[str, str], items: list[MessageItem]
+        self, metadata: dict[str, str], items: list[Item]
     ) -> StoredConversation:
         self.check_size(items, "items")
         stored = StoredConversation(
@@ -132,7 +132,7 @@ class ResponseStore:
                     continue
 
     async def add_items(
-        self, conversation_id: str, items: list[MessageItem], *, checked: bool = True
+        self, conversation_id: str, items: list[Item], *, checked: bool = True
     ) -> StoredConversation:
         """Append items; with `checked`, 400 if the conversation would outgrow the limit."""
 

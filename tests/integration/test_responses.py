@@ -3,15 +3,18 @@ real model: stored turns reach the prompt (counted in tokens), through any repli
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
+from openai.types.responses import ResponseFunctionToolCall
 from pydantic import BaseModel
 
 from shared.settings import DEFAULT_MODEL
 from tests.integration.procs import ApiProcess, Process
+from tests.integration.test_structured import OPENAI_TOOL, Weather
 
 pytestmark = pytest.mark.integration
 
@@ -220,3 +223,115 @@ def test_unknown_previous_response_is_404_and_oversized_is_400(openai_client: Op
     with pytest.raises(openai.BadRequestError) as oversized:
         openai_client.responses.create(**GREEDY, input="x" * (1024 * 1024 + 1))
     assert oversized.value.body["code"] == "stored_state_too_large"  # type: ignore[index]
+
+
+# Function tools: the same tool as tests/integration/test_structured.py's chat one, in the
+# Responses API's flat form. A forced call is grammar-constrained, so its arguments validate.
+RESPONSES_TOOL = {"type": "function", **OPENAI_TOOL["function"]}  # type: ignore[dict-item]
+FORCED_CALL = {"type": "function", "name": "get_weather"}
+ASKED = "What is the weather in Paris?"
+
+
+def chat_tool_prompt_tokens(
+    client: OpenAI, call: ResponseFunctionToolCall, output: str, tool_choice: str = "auto"
+) -> int:
+    """The prompt tokens of the question, the call and its output as a chat completion."""
+    call_turn = {
+        "id": call.call_id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+    done = client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=[  # type: ignore[list-item]
+            {"role": "user", "content": ASKED},
+            {"role": "assistant", "content": None, "tool_calls": [call_turn]},
+            {"role": "tool", "tool_call_id": call.call_id, "content": output},
+        ],
+        tools=[OPENAI_TOOL],  # type: ignore[list-item]
+        tool_choice=tool_choice,  # type: ignore[arg-type]
+        max_tokens=1,
+        temperature=0,
+    )
+    assert done.usage is not None
+    return done.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_forced_function_call_and_its_output_continue_the_response(
+    openai_client: OpenAI, stream: bool
+) -> None:
+    params: dict[str, Any] = {
+        "model": DEFAULT_MODEL,
+        "input": ASKED,
+        "tools": [RESPONSES_TOOL],
+        "tool_choice": FORCED_CALL,
+        "temperature": 0,
+        "max_output_tokens": 80,
+    }
+    if stream:
+        with openai_client.responses.stream(**params) as events:
+            kinds = [e.type for e in events]
+            first = events.get_final_response()
+        assert kinds.count("response.function_call_arguments.done") == 1
+        assert "response.output_text.delta" not in kinds  # a call alone: no message
+    else:
+        first = openai_client.responses.create(**params)
+    assert first.status == "completed" and first.output_text == ""
+    [call] = first.output
+    assert isinstance(call, ResponseFunctionToolCall) and call.name == "get_weather"
+    assert call.call_id.startswith("call_")
+    Weather.model_validate_json(call.arguments)
+    [stored] = openai_client.responses.retrieve(first.id).output
+    assert isinstance(stored, ResponseFunctionToolCall)
+    fields = ("id", "call_id", "name", "arguments", "status")
+    assert [getattr(stored, f) for f in fields] == [getattr(call, f) for f in fields]
+
+    answer = openai_client.responses.create(
+        model=DEFAULT_MODEL,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 22C"}],
+        tools=[RESPONSES_TOOL],  # type: ignore[list-item]
+        temperature=0,
+        max_output_tokens=30,
+    )
+    assert answer.status in ("completed", "incomplete")
+    # The stored turns reach the prompt: as many tokens as the same turns as a chat.
+    assert answer.usage is not None
+    assert answer.usage.input_tokens == chat_tool_prompt_tokens(openai_client, call, "Sunny, 22C")
+
+
+def test_output_items_given_back_statelessly(openai_client: OpenAI) -> None:
+    """The pattern of OpenAI's function-calling guide: the output items, then each call's
+    output, sent back as input with `store` off."""
+    turns: list[Any] = [{"role": "user", "content": ASKED}]
+    first = openai_client.responses.create(
+        model=DEFAULT_MODEL,
+        input=turns,
+        tools=[RESPONSES_TOOL],  # type: ignore[list-item]
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=0,
+        max_output_tokens=80,
+        store=False,
+    )
+    calls = [item for item in first.output if isinstance(item, ResponseFunctionToolCall)]
+    assert len(calls) == 1
+    turns += first.output
+    turns.append({"type": "function_call_output", "call_id": calls[0].call_id, "output": "Rain"})
+    answer = openai_client.responses.create(
+        model=DEFAULT_MODEL,
+        input=turns,
+        tools=[RESPONSES_TOOL],  # type: ignore[list-item]
+        tool_choice="none",
+        temperature=0,
+        max_output_tokens=30,
+        store=False,
+    )
+    assert answer.output_text.strip() and answer.output[0].type == "message"
+    # Every turn given back reached the prompt: as many tokens as the same turns as a chat
+    # (tools not shown under "none", as in chat).
+    assert answer.usage is not None
+    assert answer.usage.input_tokens == chat_tool_prompt_tokens(
+        openai_client, calls[0], "Rain", tool_choice="none"
+    )

@@ -20,6 +20,15 @@ from tests.fakes import EOS
 from tests.unit.api.harness import MODEL, Harness
 
 BODY: dict[str, object] = {"model": MODEL, "input": "hi"}
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
 STREAM_EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 
 
@@ -30,6 +39,14 @@ def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
             fields = dict(line.split(": ", 1) for line in frame.split("\n"))
             events.append((fields["event"], json.loads(fields["data"])))
     return events
+
+
+def assert_readable(events: list[tuple[str, dict[str, Any]]]) -> None:
+    """Events numbered in order, each named as its type, each read by the SDK's types."""
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    for name, data in events:
+        assert data["type"] == name
+        STREAM_EVENTS.validate_python(data)
 
 
 def record_jobs(state: AppState) -> list[GenerationJob]:
@@ -103,10 +120,7 @@ async def test_stream_sends_the_exact_event_sequence(harness: Harness) -> None:
         "response.output_item.done",
         "response.completed",
     ]
-    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
-    for name, data in events:
-        assert data["type"] == name
-        STREAM_EVENTS.validate_python(data)  # the SDK reads every one
+    assert_readable(events)
     created = events[0][1]["response"]
     assert created["status"] == "in_progress" and created["output"] == []
     assert events[2][1]["item"]["content"] == [] and events[2][1]["item"]["status"] == "in_progress"
@@ -303,7 +317,18 @@ async def test_conversations_and_their_items(harness: Harness) -> None:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+        ({"tools": [{"type": "web_search"}]}, "tools"),
+        ({"tools": [{"type": "function", "name": "f f"}]}, "tools.0.name"),
+        ({"tool_choice": {"type": "file_search"}}, "tool_choice"),
+        (
+            {"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "name": "g"}},
+            None,  # the job's own rule, as chat's
+        ),
+        ({"tool_choice": "required"}, None),  # no tools to call
+        (
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "[1]"}]},
+            "input.0.arguments",
+        ),
         (
             {
                 "text": {
@@ -317,7 +342,12 @@ async def test_conversations_and_their_items(harness: Harness) -> None:
             "text.format.schema",
         ),
         ({"text": {"format": {"type": "xml"}}}, "text.format"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input"),
+        ({"text": {"format": {"type": "json_object"}}, "tools": [WEATHER_TOOL]}, "text.format"),
+        (
+            {"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]},
+            "input.0.call_id",
+        ),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input"),
         ({"input": [{"role": "user", "content": [{"type": "input_image"}]}]}, "input.0.content"),
         ({"input": [{"role": "tool", "content": "x"}]}, "input.0.role"),
         ({"previous_response_id": "resp_x", "conversation": "conv_x"}, None),
@@ -380,8 +410,7 @@ async def test_appends_from_many_requests_at_once_all_land(harness: Harness) -> 
     store = ResponseStore(harness.state.redis, harness.settings)
     conversation = await store.create_conversation({}, [])
     appends = [
-        store.add_items(conversation.id, [MessageItem.of_text("user", f"m{i}")])
-        for i in range(20)
+        store.add_items(conversation.id, [MessageItem.of_text("user", f"m{i}")]) for i in range(20)
     ]
     await asyncio.gather(*appends)
     stored = await store.conversation(conversation.id)
