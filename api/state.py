@@ -1,7 +1,7 @@
 """What the app holds for its lifetime, built in the lifespan and reached through deps."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -9,6 +9,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from api.background import BackgroundTasks
 from api.hub import EventHub
 from api.tokenizers import Tokenizers
 from api.watchdog import Watchdog
@@ -30,6 +31,7 @@ class AppState:
     hub: EventHub  # every open stream's events, over a few subscriber connections
     watchdog: Watchdog  # reads the records of the jobs open streams wait for
     quotas: Quotas  # API keys' requests and tokens per minute
+    background: BackgroundTasks = field(default_factory=BackgroundTasks)  # detached work
 
     @classmethod
     def connect(cls, settings: ApiSettings) -> "AppState":
@@ -86,6 +88,7 @@ class AppState:
 
     async def stop(self) -> None:
         """Stop the background tasks; streams still open get a failure."""
+        await self.background.aclose()
         await self.watchdog.aclose()
         await self.hub.aclose()
 
