@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from api.anthropic.serving import MessagesFormat
 from api.ollama import serving as ollama
 from api.openai import serving as openai
+from api.responses.serving import ResponsesFormat
 from shared.job import GenerationJob
 
 Format = Annotated[
@@ -19,7 +20,8 @@ Format = Annotated[
     | openai.CompletionFormat
     | MessagesFormat
     | ollama.GenerateFormat
-    | ollama.ChatFormat,
+    | ollama.ChatFormat
+    | ResponsesFormat,
     Field(discriminator="kind"),
 ]
 

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.responses.items import MessageItem, OutputItem, OutputTextContent
 
 ResponseStatus = Literal["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"]
+# A background response's statuses until its job ends.
+UNFINISHED: tuple[ResponseStatus, ...] = ("queued", "in_progress")
 
 
 class InputTokensDetails(BaseModel):

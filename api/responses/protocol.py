@@ -8,7 +8,14 @@ their fields. The rules here are OpenAI's own wire rules (metadata, items per ca
 import json
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from api.errors import InvalidRequestError
 from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
@@ -251,6 +258,9 @@ class JsonSchemaTextFormat(WireModel):
     """`text.format` for structured output: the output is constrained to the schema by a
     grammar (api/grammar.py), so it always parses and validates (`strict` or not)."""
 
+    # Kept as sent (a background request is stored with its job, and read back).
+    model_config = ConfigDict(serialize_by_alias=True)
+
     type: Literal["json_schema"]
     name: str
     json_schema: dict[str, Any] = Field(alias="schema")
@@ -323,7 +333,7 @@ class CreateResponseRequest(JobRequest):
     parallel_tool_calls: bool | None = None
     truncation: Literal["disabled"] | None = None
     top_logprobs: Literal[0] | None = None
-    background: Literal[False] | None = None
+    background: bool | None = None
     include: list[Any] | None = None
     reasoning: None = None
     # Identifiers and caching hints with nothing to act on here.
@@ -348,6 +358,8 @@ class CreateResponseRequest(JobRequest):
     def _one_kind_of_state(self) -> Self:
         if self.previous_response_id is not None and self.conversation is not None:
             raise ValueError("previous_response_id and conversation cannot be used together")
+        if self.background and not self.store:
+            raise ValueError("a background response is stored: background needs store: true")
         return self
 
     @property

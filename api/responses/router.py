@@ -6,14 +6,15 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Response
 
 from api.deps import RequestIdDep, StateDep
-from api.errors import ContextLengthExceededError
+from api.errors import ContextLengthExceededError, InvalidRequestError
 from api.models import job_for
 from api.openai.serving import render_error as openai_render_error
 from api.pipeline import ObservationDep, flavour_route_class
 from api.relay import collect, stream_response
-from api.responses import serving
+from api.responses import background, serving
 from api.responses.items import Item, ItemList, page
 from api.responses.objects import (
+    UNFINISHED,
     Conversation,
     DeletedConversation,
     DeletedResponse,
@@ -26,6 +27,7 @@ from api.responses.protocol import (
     UpdateConversationRequest,
 )
 from api.responses.store import ResponseStore, StoredConversation
+from api.resume import Resumption
 from api.submit import submit
 from api.tool_calls import read_reply
 from shared.job import Flavour
@@ -59,11 +61,20 @@ async def create_response(
     job = await job_for(state, body.with_history(history), request_id)
     draft = serving.ResponseDraft(job, body, history)
     store.check_size([*history, *draft.input_items], "input")
+    fmt, via = None, None
+    if body.background:  # kept with the job, which runs whether or not a client listens
+        fmt = serving.ResponsesFormat(request=body, history=history, created_at=draft.created_at)
+        via = Resumption(None, None, state.settings.events_retention_s)
     try:
-        stream = await submit(state, job, observation)
+        stream = await submit(state, job, observation, fmt, via)
     except ContextLengthExceededError as exc:  # named by the neutral job's fields
         exc.param = _CONTEXT_PARAMS.get(exc.param or "", exc.param)
         raise
+    if body.background:
+        queued = await background.start(state, store, draft, stream)
+        if body.stream:
+            return await background.replay(state, queued, None)
+        return queued.response
     if body.stream:
         return await stream_response(stream, lambda: serving.ResponseStreamEncoder(draft, store))
     out = await collect(stream)
@@ -76,19 +87,45 @@ async def _history(store: ResponseStore, body: CreateResponseRequest) -> list[It
     """The stored turns the request continues (404 naming the parameter if they are gone)."""
     if body.previous_response_id is not None:
         previous = await store.response(body.previous_response_id, "previous_response_id")
+        if previous.response.status in UNFINISHED:
+            raise InvalidRequestError(
+                f"Previous response with id '{body.previous_response_id}' is still "
+                f"{previous.response.status}; it can be continued once it has finished.",
+                param="previous_response_id",
+            )
         return previous.context
     if body.conversation_id is not None:
         return (await store.conversation(body.conversation_id, "conversation")).items
     return []
 
 
-@router.get("/responses/{response_id}")
-async def get_response(response_id: str, store: StoreDep) -> ResponseObject:
-    return (await store.response(response_id)).response
+@router.get("/responses/{response_id}", response_model=None)
+async def get_response(
+    response_id: str,
+    state: StateDep,
+    store: StoreDep,
+    stream: bool = False,
+    starting_after: Annotated[int | None, Query(ge=-1)] = None,
+) -> ResponseObject | Response:
+    """The response as it stands; with `stream=true`, a background response's stream again
+    (from its start, or after the event numbered `starting_after`)."""
+    stored = await store.response(response_id)
+    if stream:
+        return await background.replay(state, stored, starting_after)
+    return (await background.current(state, store, stored)).response
+
+
+@router.post("/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, state: StateDep, store: StoreDep) -> ResponseObject:
+    stored = await store.response(response_id)
+    return (await background.cancel(state, store, stored)).response
 
 
 @router.delete("/responses/{response_id}")
-async def delete_response(response_id: str, store: StoreDep) -> DeletedResponse:
+async def delete_response(response_id: str, state: StateDep, store: StoreDep) -> DeletedResponse:
+    stored = await store.response(response_id)
+    if stored.response.status in UNFINISHED:  # nobody could read its answer
+        await state.jobs.cancel(background.job_id_of(response_id))
     await store.delete_response(response_id)
     return DeletedResponse(id=response_id)
 

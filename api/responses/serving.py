@@ -17,12 +17,14 @@ as soon as the stream ends finds it.
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from api.errors import ApiError, BackendUnavailableError, ErrorKind
+from api.errors import ApiError, BackendUnavailableError, ErrorKind, JobCancelledError
 from api.openai.serving import call_id
-from api.relay import StreamEncoder
+from api.relay import Collected, StreamEncoder
 from api.responses.items import (
     FunctionCallItem,
     Item,
@@ -51,7 +53,7 @@ from api.responses.objects import (
 from api.responses.protocol import CreateResponseRequest
 from api.responses.store import ResponseStore, StoredResponse
 from api.sse import format_sse
-from api.tool_calls import CallSplitter, Reply, arguments_json
+from api.tool_calls import CallSplitter, Reply, arguments_json, read_reply
 from shared.events import DoneEvent, FinishReason, TerminalEvent, TokenEvent
 from shared.job import GenerationJob, ToolCall
 
@@ -128,6 +130,7 @@ class ResponseDraft:
             previous_response_id=body.previous_response_id,
             conversation=None if conversation is None else ConversationRef(id=conversation),
             store=body.store,
+            background=body.background is True,
             tools=[tool.echoed() for tool in body.tools or []],
             tool_choice=body.echoed_tool_choice(),
             parallel_tool_calls=body.parallel_tool_calls is not False,
@@ -147,6 +150,40 @@ class ResponseDraft:
         output.extend(function_call(call) for call in reply.calls)
         return self.response(status, output, done=done)
 
+    def ended(self, error: ApiError) -> ResponseObject:
+        """The response of a job that ended without an answer: `cancelled` or `failed`."""
+        if isinstance(error, JobCancelledError):
+            return self.response("cancelled", [])
+        return self.response("failed", [], error=error)
+
+    def stored(self, response: ResponseObject) -> StoredResponse:
+        """What is kept of the response: its input, and the context a follow-up continues
+        (none while it is unfinished: it cannot be continued yet)."""
+        answered = response.status in ("completed", "incomplete")
+        context: list[Item] = [*self.history, *self.input_items, *response.output]
+        return StoredResponse(
+            response=response, input_items=self.input_items, context=context if answered else []
+        )
+
+
+class ResponsesFormat(BaseModel):
+    """How a background response wants its answer, kept with its job (api/formats.py): what
+    rebuilds its draft on any replica, to finish it or to stream it again."""
+
+    kind: Literal["responses"] = "responses"
+    request: CreateResponseRequest
+    history: list[Item]
+    created_at: int
+
+    def draft(self, job: GenerationJob) -> ResponseDraft:
+        return ResponseDraft(job, self.request, self.history, created_at=self.created_at)
+
+    def encoder(self, job: GenerationJob, prompt_tokens: int) -> "ResponseStreamEncoder":
+        return ResponseStreamEncoder(self.draft(job), None)
+
+    def whole(self, job: GenerationJob, out: Collected) -> ResponseObject:
+        return self.draft(job).finished(read_reply(job, out.text), out.done)
+
 
 def function_call(call: ToolCall) -> FunctionCallItem:
     return FunctionCallItem(
@@ -165,13 +202,7 @@ def usage(done: DoneEvent) -> ResponseUsage:
 async def keep(store: ResponseStore, draft: ResponseDraft, response: ResponseObject) -> None:
     """Store the response (unless `store` is false) and add its turns to its conversation."""
     if draft.body.store:
-        await store.save_response(
-            StoredResponse(
-                response=response,
-                input_items=draft.input_items,
-                context=[*draft.history, *draft.input_items, *response.output],
-            )
-        )
+        await store.save_response(draft.stored(response))
     conversation = draft.body.conversation_id
     if conversation is not None:
         # Checked before the job ran; its answer is added whatever its size (see store.py).
@@ -183,7 +214,9 @@ class ResponseStreamEncoder(StreamEncoder):
     (api/tool_calls.py) and the message is opened only once there is text that is more than
     white space, so that an answer of calls alone has no message."""
 
-    def __init__(self, draft: ResponseDraft, store: ResponseStore) -> None:
+    def __init__(self, draft: ResponseDraft, store: ResponseStore | None) -> None:
+        """`store`: where the response is kept once done (None: it is kept by another, as a
+        background response is)."""
         self.draft = draft
         self.store = store
         self.sequence = 0
@@ -278,6 +311,8 @@ class ResponseStreamEncoder(StreamEncoder):
         if terminal.type != "done":
             return
         self.final = self.draft.finished(self._reply(), terminal)
+        if self.store is None:
+            return
         try:
             await keep(self.store, self.draft, self.final)
         except (RedisError, ApiError) as exc:  # e.g. the conversation was deleted meanwhile
@@ -393,3 +428,32 @@ class ResponseStreamEncoder(StreamEncoder):
                 ResponseEvent(type="response.failed", sequence_number=self._next(), response=failed)
             ),
         ]
+
+
+class ReplayEncoder(ResponseStreamEncoder):
+    """A background response's stream sent again from its job's start (the job's log): the
+    same events with the same sequence numbers, of which those up to `starting_after` are
+    left out. It stores nothing."""
+
+    def __init__(self, draft: ResponseDraft, starting_after: int) -> None:
+        super().__init__(draft, None)
+        self.starting_after = starting_after
+
+    def _frame(self, event: StreamEvent) -> bytes:
+        return b"" if event.sequence_number <= self.starting_after else super()._frame(event)
+
+    def start(self) -> list[bytes]:
+        return _sent(super().start())
+
+    def token(self, event: TokenEvent) -> list[bytes]:
+        return _sent(super().token(event))
+
+    def done(self, event: DoneEvent) -> list[bytes]:
+        return _sent(super().done(event))
+
+    def error(self, error: ApiError) -> list[bytes]:
+        return _sent(super().error(error))
+
+
+def _sent(frames: list[bytes]) -> list[bytes]:
+    return [frame for frame in frames if frame]

@@ -19,7 +19,7 @@ from redis.exceptions import WatchError
 
 from api.errors import ObjectNotFoundError, StoredStateTooLargeError
 from api.responses.items import Item, items_size
-from api.responses.objects import Conversation, ResponseObject
+from api.responses.objects import UNFINISHED, Conversation, ResponseObject
 from shared import keys
 from shared.settings import ApiSettings
 
@@ -77,6 +77,37 @@ class ResponseStore:
     async def save_response(self, stored: StoredResponse) -> None:
         key = keys.stored_response(stored.response.id)
         await self._redis.set(key, stored.model_dump_json(), ex=self._ttl_s)
+
+    async def finish(
+        self, stored: StoredResponse, conversation_id: str | None, items: list[Item]
+    ) -> StoredResponse:
+        """A background response's end, stored once: whichever replica ends it first, its
+        end stands (and is returned to the others), and its conversation gets `items` in the
+        same transaction. A response deleted meanwhile stays deleted; a conversation deleted
+        meanwhile gets nothing."""
+        key = keys.stored_response(stored.response.id)
+        watched = [key] if conversation_id is None else [key, keys.conversation(conversation_id)]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(*watched)
+                    raw = await pipe.get(key)
+                    if raw is None:
+                        return stored
+                    current = StoredResponse.model_validate_json(raw)
+                    if current.response.status not in UNFINISHED:
+                        return current
+                    conversation = await pipe.get(watched[-1]) if len(watched) > 1 else None
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(key, stored.model_dump_json(), ex=self._ttl_s)
+                    if conversation is not None and items:
+                        changed = StoredConversation.model_validate_json(conversation)
+                        changed.items.extend(items)
+                        pipe.set(watched[-1], changed.model_dump_json(), ex=self._ttl_s)
+                    await pipe.execute()
+                    return stored
+                except WatchError:
+                    continue
 
     async def delete_response(self, response_id: str) -> None:
         if not await self._redis.delete(keys.stored_response(response_id)):

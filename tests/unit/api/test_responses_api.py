@@ -20,6 +20,20 @@ from tests.fakes import EOS
 from tests.unit.api.harness import MODEL, Harness
 
 BODY: dict[str, object] = {"model": MODEL, "input": "hi"}
+# The events of a streamed "Hello, world" (three tokens), in order.
+TEXT_STREAM = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.delta",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+]
 WEATHER_TOOL = {
     "type": "function",
     "name": "get_weather",
@@ -107,19 +121,7 @@ async def test_stream_sends_the_exact_event_sequence(harness: Harness) -> None:
     response = await harness.call("/v1/responses", {**BODY, "stream": True})
     assert response.status_code == 200
     events = sse_events(response.text)
-    assert [name for name, _ in events] == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-        "response.output_text.delta",
-        "response.output_text.delta",
-        "response.output_text.delta",
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
+    assert [name for name, _ in events] == TEXT_STREAM
     assert_readable(events)
     created = events[0][1]["response"]
     assert created["status"] == "in_progress" and created["output"] == []
