@@ -23,7 +23,6 @@ from api.responses.store import ResponseStore, StoredResponse
 from api.resume import attach
 from api.state import AppState
 from api.stream import JobStream
-from api.tool_calls import read_reply
 from shared import keys
 from shared.lifecycle import JobStatus
 
@@ -48,7 +47,7 @@ async def start(
 async def _finish(store: ResponseStore, draft: ResponseDraft, stream: JobStream) -> None:
     try:
         out = await collect(stream)
-        final = draft.finished(read_reply(draft.job, out.text), out.done)
+        final = draft.collected(out)
     except ApiError as error:
         final = draft.ended(error)
     answered = final.status in ("completed", "incomplete")

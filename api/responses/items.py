@@ -25,11 +25,28 @@ class InputTextContent(BaseModel):
     text: str
 
 
+class TopLogprob(BaseModel):
+    """A token and its log-probability at one step."""
+
+    token: str
+    bytes: list[int]
+    logprob: float
+
+
+class Logprob(TopLogprob):
+    """A token of the answer: its log-probability and the most likely tokens at its step."""
+
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
 class OutputTextContent(BaseModel):
     type: Literal["output_text"] = "output_text"
     text: str
     annotations: list[object] = Field(default_factory=list)
-    logprobs: list[object] = Field(default_factory=list)
+    logprobs: list[Logprob] = Field(
+        default_factory=list,
+        description="One per token, when `include` asks for message.output_text.logprobs.",
+    )
 
 
 ItemContent = Annotated[InputTextContent | OutputTextContent, Field(discriminator="type")]
@@ -49,10 +66,15 @@ class MessageItem(BaseModel):
     content: list[ItemContent]
 
     @classmethod
-    def of_text(cls, role: Role, text: str, **fields: object) -> "MessageItem":
-        """A message of one text part, of the kind its role takes."""
+    def of_text(
+        cls, role: Role, text: str, logprobs: list[Logprob] | None = None, **fields: object
+    ) -> "MessageItem":
+        """A message of one text part, of the kind its role takes (the model's with its
+        tokens' `logprobs`, if asked for)."""
         part: InputTextContent | OutputTextContent = (
-            OutputTextContent(text=text) if role == "assistant" else InputTextContent(text=text)
+            OutputTextContent(text=text, logprobs=logprobs or [])
+            if role == "assistant"
+            else InputTextContent(text=text)
         )
         return cls.model_validate({"role": role, "content": [part], **fields})
 

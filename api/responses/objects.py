@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.responses.items import MessageItem, OutputItem, OutputTextContent
+from api.responses.items import Logprob, MessageItem, OutputItem, OutputTextContent
 
 ResponseStatus = Literal["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"]
 # A background response's statuses until its job ends.
@@ -192,7 +192,7 @@ class TextDeltaEvent(BaseModel):
     output_index: int = 0
     content_index: int = 0
     delta: str
-    logprobs: list[object] = Field(default_factory=list)
+    logprobs: list[Logprob] = Field(default_factory=list)  # of the delta's tokens
 
 
 class TextDoneEvent(BaseModel):
@@ -202,7 +202,7 @@ class TextDoneEvent(BaseModel):
     output_index: int = 0
     content_index: int = 0
     text: str
-    logprobs: list[object] = Field(default_factory=list)
+    logprobs: list[Logprob] = Field(default_factory=list)
 
 
 class ArgumentsDeltaEvent(BaseModel):

@@ -52,6 +52,18 @@ MAX_METADATA_VALUE = 512
 # Items added to a conversation in one call, at most (OpenAI's limit).
 MAX_ITEMS_PER_CALL = 20
 
+# What `include` may ask for: the answer's tokens with their log-probabilities.
+LOGPROBS = "message.output_text.logprobs"
+
+
+def _includable(value: Any) -> Any:
+    if isinstance(value, str) and value != LOGPROBS:
+        raise ValueError(f"'{value}' cannot be included; only '{LOGPROBS}'")
+    return value
+
+
+Includable = Annotated[str, BeforeValidator(_includable)]
+
 # The item types `input` and conversations take.
 ITEM_TYPES = ("message", "function_call", "function_call_output")
 
@@ -307,7 +319,10 @@ class CreateResponseRequest(JobRequest):
     """`POST /v1/responses`. With `previous_response_id` or `conversation`, the stored turns
     come first in the prompt (`with_history`); `instructions` are never carried over."""
 
-    sampling_names: ClassVar[dict[str, str]] = {"max_tokens": "max_output_tokens"}
+    sampling_names: ClassVar[dict[str, str]] = {
+        "max_tokens": "max_output_tokens",
+        "logprobs": "top_logprobs",
+    }
 
     model: ModelName
     input: InputItems | None = None
@@ -332,9 +347,9 @@ class CreateResponseRequest(JobRequest):
     ) = None
     parallel_tool_calls: bool | None = None
     truncation: Literal["disabled"] | None = None
-    top_logprobs: Literal[0] | None = None
+    top_logprobs: int | None = None
     background: bool | None = None
-    include: list[Any] | None = None
+    include: list[Includable] | None = None
     reasoning: None = None
     # Identifiers and caching hints with nothing to act on here.
     user: str | None = None
@@ -347,17 +362,20 @@ class CreateResponseRequest(JobRequest):
 
     _check_metadata = field_validator("metadata")(_metadata)
 
-    @field_validator("include")
-    @classmethod
-    def _nothing_included(cls, value: list[Any] | None) -> list[Any] | None:
-        if value:
-            raise ValueError("no additional output data can be included")
-        return value
+    @property
+    def logprobs_asked(self) -> int | None:
+        """How many most likely tokens each answer token comes with, when its log-probability
+        is asked for (`include`); None when it is not."""
+        if LOGPROBS not in (self.include or []):
+            return None
+        return self.top_logprobs or 0
 
     @model_validator(mode="after")
     def _one_kind_of_state(self) -> Self:
         if self.previous_response_id is not None and self.conversation is not None:
             raise ValueError("previous_response_id and conversation cannot be used together")
+        if self.top_logprobs and self.logprobs_asked is None:
+            raise ValueError(f"top_logprobs needs include: ['{LOGPROBS}']")
         if self.background and not self.store:
             raise ValueError("a background response is stored: background needs store: true")
         return self
@@ -393,6 +411,7 @@ class CreateResponseRequest(JobRequest):
             model=self.model,
             messages=[message for _, message in turns],
             sampling=SamplingParams(
+                logprobs=self.logprobs_asked,
                 max_tokens=self.max_output_tokens,
                 temperature=1.0 if self.temperature is None else self.temperature,
                 top_p=1.0 if self.top_p is None else self.top_p,

@@ -29,7 +29,6 @@ from api.responses.protocol import (
 from api.responses.store import ResponseStore, StoredConversation
 from api.resume import Resumption
 from api.submit import submit
-from api.tool_calls import read_reply
 from shared.job import Flavour
 
 router = APIRouter(
@@ -77,8 +76,7 @@ async def create_response(
         return queued.response
     if body.stream:
         return await stream_response(stream, lambda: serving.ResponseStreamEncoder(draft, store))
-    out = await collect(stream)
-    response = draft.finished(read_reply(job, out.text), out.done)
+    response = draft.collected(await collect(stream))
     await serving.keep(store, draft, response)
     return response
 

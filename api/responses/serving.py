@@ -28,9 +28,11 @@ from api.relay import Collected, StreamEncoder
 from api.responses.items import (
     FunctionCallItem,
     Item,
+    Logprob,
     MessageItem,
     OutputItem,
     OutputTextContent,
+    TopLogprob,
 )
 from api.responses.objects import (
     ArgumentsDeltaEvent,
@@ -54,7 +56,7 @@ from api.responses.protocol import CreateResponseRequest
 from api.responses.store import ResponseStore, StoredResponse
 from api.sse import format_sse
 from api.tool_calls import CallSplitter, Reply, arguments_json, read_reply
-from shared.events import DoneEvent, FinishReason, TerminalEvent, TokenEvent
+from shared.events import DoneEvent, FinishReason, TerminalEvent, TokenEvent, TokenLogprob
 from shared.job import GenerationJob, ToolCall
 
 log = logging.getLogger(__name__)
@@ -92,8 +94,12 @@ class ResponseDraft:
     def message_id(self) -> str:
         return f"msg_{self.job.id}"
 
-    def message(self, text: str, status: str = "completed") -> MessageItem:
-        return MessageItem.of_text("assistant", text, id=self.message_id, status=status)
+    def message(
+        self, text: str, status: str = "completed", logprobs: list[TokenLogprob] | None = None
+    ) -> MessageItem:
+        return MessageItem.of_text(
+            "assistant", text, output_logprobs(logprobs), id=self.message_id, status=status
+        )
 
     def response(
         self,
@@ -125,6 +131,7 @@ class ResponseDraft:
             max_output_tokens=body.max_output_tokens,
             temperature=self.job.sampling.temperature,
             top_p=self.job.sampling.top_p,
+            top_logprobs=body.top_logprobs or 0,
             text=body.text.echoed() if body.text is not None else TextConfig(),
             metadata=body.metadata or {},
             previous_response_id=body.previous_response_id,
@@ -139,16 +146,23 @@ class ResponseDraft:
             prompt_cache_key=body.prompt_cache_key,
         )
 
-    def finished(self, reply: Reply, done: DoneEvent) -> ResponseObject:
+    def finished(
+        self, reply: Reply, done: DoneEvent, logprobs: list[TokenLogprob] | None = None
+    ) -> ResponseObject:
         """The whole response once its job is done: its message (unless the model only called
-        tools), then its calls."""
+        tools) with its tokens' `logprobs` if asked for, then its calls."""
         cut = done.finish_reason is FinishReason.LENGTH
         status: ResponseStatus = "incomplete" if cut else "completed"
         output: list[OutputItem] = []
         if reply.text or not reply.calls:
-            output.append(self.message(reply.text, "incomplete" if cut else "completed"))
+            message_status = "incomplete" if cut else "completed"
+            output.append(self.message(reply.text, message_status, logprobs))
         output.extend(function_call(call) for call in reply.calls)
         return self.response(status, output, done=done)
+
+    def collected(self, out: Collected) -> ResponseObject:
+        """The whole response of the job's whole output, read for calls."""
+        return self.finished(read_reply(self.job, out.text), out.done, out.choices[0].logprobs)
 
     def ended(self, error: ApiError) -> ResponseObject:
         """The response of a job that ended without an answer: `cancelled` or `failed`."""
@@ -182,7 +196,22 @@ class ResponsesFormat(BaseModel):
         return ResponseStreamEncoder(self.draft(job), None)
 
     def whole(self, job: GenerationJob, out: Collected) -> ResponseObject:
-        return self.draft(job).finished(read_reply(job, out.text), out.done)
+        return self.draft(job).collected(out)
+
+
+def output_logprobs(entries: list[TokenLogprob] | None) -> list[Logprob]:
+    """The neutral log-probabilities in this API's shape."""
+    return [
+        Logprob(
+            token=e.token,
+            bytes=e.bytes,
+            logprob=e.logprob,
+            top_logprobs=[
+                TopLogprob(token=t.token, bytes=t.bytes, logprob=t.logprob) for t in e.top
+            ],
+        )
+        for e in entries or []
+    ]
 
 
 def function_call(call: ToolCall) -> FunctionCallItem:
@@ -224,6 +253,8 @@ class ResponseStreamEncoder(StreamEncoder):
         self.opened = False  # the message's item and part were added
         self.sent: list[str] = []  # the message's text sent so far
         self.held = ""  # white space before the message is opened
+        self.logprobs: list[TokenLogprob] = []  # every token's, when asked for
+        self.unsent_logprobs: list[TokenLogprob] = []  # of the tokens of `held`
         self.reply: Reply | None = None  # once the output has ended
         self.final: ResponseObject | None = None
         self.failure: ApiError | None = None  # storing the response failed
@@ -274,7 +305,8 @@ class ResponseStreamEncoder(StreamEncoder):
         ]
 
     def _text(self, text: str) -> list[bytes]:
-        """Text of the message, opened first if need be."""
+        """Text of the message, opened first if need be; with the log-probabilities of the
+        tokens it completes (those of text held back go with the text, when it is sent)."""
         frames: list[bytes] = []
         if not self.opened:
             self.held += text
@@ -284,16 +316,23 @@ class ResponseStreamEncoder(StreamEncoder):
             frames.extend(self._open())
         if text:
             self.sent.append(text)
+            logprobs, self.unsent_logprobs = output_logprobs(self.unsent_logprobs), []
             frames.append(
                 self._frame(
                     TextDeltaEvent(
-                        sequence_number=self._next(), item_id=self.draft.message_id, delta=text
+                        sequence_number=self._next(),
+                        item_id=self.draft.message_id,
+                        delta=text,
+                        logprobs=logprobs,
                     )
                 )
             )
         return frames
 
     def token(self, event: TokenEvent) -> list[bytes]:
+        if event.logprobs is not None:
+            self.logprobs.extend(event.logprobs)
+            self.unsent_logprobs.extend(event.logprobs)
         return self._text(self.splitter.feed(event.text))
 
     def _reply(self) -> Reply:
@@ -307,10 +346,14 @@ class ResponseStreamEncoder(StreamEncoder):
             self.reply = Reply(text if kept else "", end.calls)
         return self.reply
 
+    def _finished(self, done: DoneEvent) -> ResponseObject:
+        asked = self.draft.job.sampling.logprobs is not None
+        return self.draft.finished(self._reply(), done, self.logprobs if asked else None)
+
     async def settle(self, terminal: TerminalEvent) -> None:
         if terminal.type != "done":
             return
-        self.final = self.draft.finished(self._reply(), terminal)
+        self.final = self._finished(terminal)
         if self.store is None:
             return
         try:
@@ -328,7 +371,7 @@ class ResponseStreamEncoder(StreamEncoder):
     def done(self, event: DoneEvent) -> list[bytes]:
         if self.failure is not None:
             return self.error(self.failure)
-        final = self.final or self.draft.finished(self._reply(), event)
+        final = self.final or self._finished(event)
         frames: list[bytes] = []
         for index, item in enumerate(final.output):
             match item:
@@ -354,7 +397,12 @@ class ResponseStreamEncoder(StreamEncoder):
         return [
             *frames,
             self._frame(
-                TextDoneEvent(sequence_number=self._next(), item_id=item_id, text=part.text)
+                TextDoneEvent(
+                    sequence_number=self._next(),
+                    item_id=item_id,
+                    text=part.text,
+                    logprobs=part.logprobs,
+                )
             ),
             self._frame(
                 ContentPartEvent(

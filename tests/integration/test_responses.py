@@ -335,3 +335,36 @@ def test_output_items_given_back_statelessly(openai_client: OpenAI) -> None:
     assert answer.usage.input_tokens == chat_tool_prompt_tokens(
         openai_client, calls[0], "Rain", tool_choice="none"
     )
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_logprobs_of_each_token_under_greedy(openai_client: OpenAI, stream: bool) -> None:
+    params: dict[str, Any] = {
+        **GREEDY,
+        "input": QUESTION,
+        "include": ["message.output_text.logprobs"],
+        "top_logprobs": 3,
+    }
+    if stream:
+        events = list(openai_client.responses.create(**params, stream=True))
+        streamed = [
+            lp for e in events if e.type == "response.output_text.delta" for lp in e.logprobs
+        ]
+        last = events[-1]
+        assert last.type in ("response.completed", "response.incomplete")
+        response = last.response
+        assert [lp.token for lp in streamed] == [
+            lp.token
+            for lp in response.output[0].content[0].logprobs  # type: ignore[union-attr]
+        ]
+    else:
+        response = openai_client.responses.create(**params)
+    assert response.top_logprobs == 3
+    part = response.output[0].content[0]  # type: ignore[union-attr]
+    assert part.logprobs  # type: ignore[union-attr]
+    assert "".join(lp.token for lp in part.logprobs) == response.output_text  # type: ignore[union-attr]
+    for lp in part.logprobs:  # type: ignore[union-attr]
+        top = [t.logprob for t in lp.top_logprobs]
+        assert len(top) == 3 and top == sorted(top, reverse=True)
+        assert lp.top_logprobs[0].token == lp.token  # greedy: the most likely token
+        assert lp.logprob == pytest.approx(top[0]) and lp.logprob <= 0

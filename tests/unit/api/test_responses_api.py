@@ -356,7 +356,6 @@ async def test_conversations_and_their_items(harness: Harness) -> None:
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
         ({"temperature": 3}, "temperature"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
-        ({"top_logprobs": 3}, "top_logprobs"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
         ({"frequency_penalty": 1}, "frequency_penalty"),
         ({"input": []}, "input"),
