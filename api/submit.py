@@ -273,6 +273,12 @@ async def _check_context(state: AppState, job: GenerationJob, workers: list[Work
     return prompt
 
 
+async def check_context(state: AppState, job: GenerationJob) -> int:
+    """The job's prompt in tokens; 400 when it and its max_tokens cannot fit the context of
+    its model's workers, as `submit` would refuse it (404/503 as `submit` too)."""
+    return await _check_context(state, job, await require_live_worker(state, job.model))
+
+
 async def count_prompt(state: AppState, job: GenerationJob) -> int:
     """The job's prompt in tokens, as its worker will count them (404/503 as `submit`)."""
     await require_live_worker(state, job.model)

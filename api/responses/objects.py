@@ -121,7 +121,7 @@ class ResponseObject(BaseModel):
     tools: list[FunctionToolObject] = Field(default_factory=list)
     text: TextConfig = Field(default_factory=TextConfig)
     reasoning: Reasoning = Field(default_factory=Reasoning)
-    truncation: Literal["disabled"] = "disabled"
+    truncation: Literal["disabled", "auto"] = "disabled"
     top_logprobs: int = 0
     service_tier: Literal["default"] = "default"
     user: str | None = None

@@ -346,7 +346,7 @@ class CreateResponseRequest(JobRequest):
         | None
     ) = None
     parallel_tool_calls: bool | None = None
-    truncation: Literal["disabled"] | None = None
+    truncation: Literal["disabled", "auto"] | None = None
     top_logprobs: int | None = None
     background: bool | None = None
     include: list[Includable] | None = None
@@ -357,6 +357,8 @@ class CreateResponseRequest(JobRequest):
     prompt_cache_key: str | None = None
 
     _history: list[Item] = PrivateAttr(default_factory=list)
+    # Stored turns and input items left out of the prompt, from the first (truncation).
+    _skipped: int = PrivateAttr(default=0)
     # The parameter of the text of each of the job's messages.
     _message_params: list[str] = PrivateAttr(default_factory=list)
 
@@ -395,18 +397,36 @@ class CreateResponseRequest(JobRequest):
         self._history = list(history)
         return self
 
+    @property
+    def droppable(self) -> int:
+        """How many of its stored turns and input items truncation may leave out: all but
+        the last."""
+        return max(len(self._history) + len(self.input or []) - 1, 0)
+
+    def skipping(self, count: int) -> Self:
+        """This request with its first `count` stored turns and input items left out of the
+        prompt (`truncation: "auto"`), and the outputs of calls that are then left out."""
+        self._skipped = count
+        return self
+
     def build_job(self, deadline: float, request_id: str | None) -> GenerationJob:
         system: list[Item] = (
             [MessageItem.of_text("system", self.instructions)] if self.instructions else []
         )
-        items = [*system, *self._history, *self.input_items()]
+        conversation = [*self._history, *self.input_items()]
+        start = _kept_from(conversation, self._skipped)
+        items = [*system, *conversation[start:]]
         if not items:
             raise InvalidRequestError(
                 "there is nothing to answer: no input, instructions or stored turns",
                 param="input",
             )
-        turns = chat_turns(items, self._item_param)
-        self._message_params = [self._item_param(i, _text_field(items[i])) for i, _ in turns]
+
+        def param_of(index: int, field: str = "call_id") -> str:  # as if nothing was left out
+            return self._item_param(index if index < len(system) else index + start, field)
+
+        turns = chat_turns(items, param_of)
+        self._message_params = [param_of(i, _text_field(items[i])) for i, _ in turns]
         job = GenerationJob(
             model=self.model,
             messages=[message for _, message in turns],
@@ -458,6 +478,15 @@ class CreateResponseRequest(JobRequest):
         if index < len(self._history):
             return "previous_response_id" if self.previous_response_id else "conversation"
         return f"input.{index - len(self._history)}.{field}"
+
+
+def _kept_from(items: list[Item], skipped: int) -> int:
+    """Where the prompt starts when the first `skipped` items are left out: after them and
+    after the call outputs that follow them, whose calls are gone."""
+    start = skipped
+    while start < len(items) - 1 and isinstance(items[start], FunctionCallOutputItem):
+        start += 1
+    return start
 
 
 def _text_field(item: Item) -> str:

@@ -28,8 +28,9 @@ from api.responses.protocol import (
 )
 from api.responses.store import ResponseStore, StoredConversation
 from api.resume import Resumption
-from api.submit import submit
-from shared.job import Flavour
+from api.state import AppState
+from api.submit import check_context, submit
+from shared.job import Flavour, GenerationJob
 
 router = APIRouter(
     prefix="/v1", route_class=flavour_route_class(openai_render_error, Flavour.RESPONSES)
@@ -57,14 +58,18 @@ async def create_response(
     request_id: RequestIdDep = None,
 ) -> ResponseObject | Response:
     history = await _history(store, body)
-    job = await job_for(state, body.with_history(history), request_id)
-    draft = serving.ResponseDraft(job, body, history)
-    store.check_size([*history, *draft.input_items], "input")
-    fmt, via = None, None
-    if body.background:  # kept with the job, which runs whether or not a client listens
-        fmt = serving.ResponsesFormat(request=body, history=history, created_at=draft.created_at)
-        via = Resumption(None, None, state.settings.events_retention_s)
     try:
+        job = await job_for(state, body.with_history(history), request_id)
+        if body.truncation == "auto":
+            job = await _truncated(state, body, job, request_id)
+        draft = serving.ResponseDraft(job, body, history)
+        store.check_size([*history, *draft.input_items], "input")
+        fmt, via = None, None
+        if body.background:  # kept with the job, which runs whether or not a client listens
+            fmt = serving.ResponsesFormat(
+                request=body, history=history, created_at=draft.created_at
+            )
+            via = Resumption(None, None, state.settings.events_retention_s)
         stream = await submit(state, job, observation, fmt, via)
     except ContextLengthExceededError as exc:  # named by the neutral job's fields
         exc.param = _CONTEXT_PARAMS.get(exc.param or "", exc.param)
@@ -79,6 +84,37 @@ async def create_response(
     response = draft.collected(await collect(stream))
     await serving.keep(store, draft, response)
     return response
+
+
+async def _truncated(
+    state: AppState, body: CreateResponseRequest, job: GenerationJob, request_id: str | None
+) -> GenerationJob:
+    """`truncation: "auto"`: the job with as few of the first stored turns and input items
+    left out as lets its prompt and `max_output_tokens` fit the model's context (found by
+    halving: the prompt shrinks as more are left out); the refusal of the job with all but
+    the last left out when even that does not fit."""
+    try:
+        await check_context(state, job)
+        return job
+    except ContextLengthExceededError:
+        pass
+    low, high = 1, body.droppable
+    fitted: tuple[int, GenerationJob] | None = None
+    while low <= high:
+        count = (low + high) // 2
+        candidate = await job_for(state, body.skipping(count), request_id)
+        try:
+            await check_context(state, candidate)
+        except ContextLengthExceededError:
+            low = count + 1
+            continue
+        fitted, high = (count, candidate), count - 1
+    if fitted is None:
+        shortest = await job_for(state, body.skipping(body.droppable), request_id)
+        await check_context(state, shortest)  # raises, naming what does not fit
+        return shortest
+    body.skipping(fitted[0])
+    return fitted[1]
 
 
 async def _history(store: ResponseStore, body: CreateResponseRequest) -> list[Item]:

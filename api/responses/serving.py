@@ -132,6 +132,7 @@ class ResponseDraft:
             temperature=self.job.sampling.temperature,
             top_p=self.job.sampling.top_p,
             top_logprobs=body.top_logprobs or 0,
+            truncation=body.truncation or "disabled",
             text=body.text.echoed() if body.text is not None else TextConfig(),
             metadata=body.metadata or {},
             previous_response_id=body.previous_response_id,

@@ -368,3 +368,21 @@ def test_logprobs_of_each_token_under_greedy(openai_client: OpenAI, stream: bool
         assert len(top) == 3 and top == sorted(top, reverse=True)
         assert lp.top_logprobs[0].token == lp.token  # greedy: the most likely token
         assert lp.logprob == pytest.approx(top[0]) and lp.logprob <= 0
+
+
+def test_truncation_auto_fits_a_conversation_longer_than_the_context(
+    openai_client: OpenAI,
+) -> None:
+    filler = "The quick brown fox jumps over the lazy dog. " * 12  # about 120 tokens
+    turns: list[Any] = [
+        {"role": ("user", "assistant")[i % 2], "content": f"Note {i}: {filler}"} for i in range(41)
+    ]  # about 5,000 tokens: more than the worker's context of 4,096
+    params: dict[str, Any] = {**GREEDY, "input": turns, "max_output_tokens": 16}
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client.responses.create(**params)
+    assert refused.value.code == "context_length_exceeded"
+    response = openai_client.responses.create(**params, truncation="auto")
+    assert response.truncation == "auto" and response.status in ("completed", "incomplete")
+    assert response.usage is not None
+    # As few turns left out as fit: the prompt is within about two turns of the room left.
+    assert 4096 - 16 - 300 < response.usage.input_tokens <= 4096 - 16
