@@ -133,6 +133,13 @@ class ResponseObject(BaseModel):
         return "".join(item.text for item in self.output if isinstance(item, MessageItem))
 
 
+class InputTokens(BaseModel):
+    """What `POST /v1/responses/input_tokens` answers: the prompt's size."""
+
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int
+
+
 class DeletedResponse(BaseModel):
     id: str
     object: Literal["response.deleted"] = "response.deleted"

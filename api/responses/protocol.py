@@ -315,27 +315,15 @@ class TextConfig(WireModel):
         return OutputConfig()
 
 
-class CreateResponseRequest(JobRequest):
-    """`POST /v1/responses`. With `previous_response_id` or `conversation`, the stored turns
-    come first in the prompt (`with_history`); `instructions` are never carried over."""
-
-    sampling_names: ClassVar[dict[str, str]] = {
-        "max_tokens": "max_output_tokens",
-        "logprobs": "top_logprobs",
-    }
+class PromptFields(WireModel):
+    """What shapes a response's prompt: the fields `POST /v1/responses` and
+    `POST /v1/responses/input_tokens` share."""
 
     model: ModelName
     input: InputItems | None = None
     instructions: Text | None = None
-    max_output_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    store: bool = True
     previous_response_id: str | None = None
     conversation: str | ConversationRef | None = None
-    metadata: Metadata = None
     text: TextConfig | None = None
     tools: Annotated[list[FunctionToolSpec], BeforeValidator(_function_tools_only)] | None = None
     tool_choice: (
@@ -347,10 +335,51 @@ class CreateResponseRequest(JobRequest):
     ) = None
     parallel_tool_calls: bool | None = None
     truncation: Literal["disabled", "auto"] | None = None
+    reasoning: None = None
+
+    @model_validator(mode="after")
+    def _one_kind_of_state(self) -> Self:
+        if self.previous_response_id is not None and self.conversation is not None:
+            raise ValueError("previous_response_id and conversation cannot be used together")
+        return self
+
+    @property
+    def conversation_id(self) -> str | None:
+        if isinstance(self.conversation, ConversationRef):
+            return self.conversation.id
+        return self.conversation
+
+
+class CountInputTokensRequest(PromptFields):
+    """`POST /v1/responses/input_tokens`: a response's input, counted as its prompt would be
+    (`model` is required here: its vocabulary counts)."""
+
+    def as_response(self) -> "CreateResponseRequest":
+        """The response request whose prompt this is."""
+        return CreateResponseRequest.model_validate(
+            self.model_dump(exclude_unset=True, by_alias=True)
+        )
+
+
+class CreateResponseRequest(PromptFields, JobRequest):
+    """`POST /v1/responses`. With `previous_response_id` or `conversation`, the stored turns
+    come first in the prompt (`with_history`); `instructions` are never carried over."""
+
+    sampling_names: ClassVar[dict[str, str]] = {
+        "max_tokens": "max_output_tokens",
+        "logprobs": "top_logprobs",
+    }
+
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    store: bool = True
+    metadata: Metadata = None
     top_logprobs: int | None = None
     background: bool | None = None
     include: list[Includable] | None = None
-    reasoning: None = None
     # Identifiers and caching hints with nothing to act on here.
     user: str | None = None
     safety_identifier: str | None = None
@@ -373,20 +402,12 @@ class CreateResponseRequest(JobRequest):
         return self.top_logprobs or 0
 
     @model_validator(mode="after")
-    def _one_kind_of_state(self) -> Self:
-        if self.previous_response_id is not None and self.conversation is not None:
-            raise ValueError("previous_response_id and conversation cannot be used together")
+    def _asks_make_sense(self) -> Self:
         if self.top_logprobs and self.logprobs_asked is None:
             raise ValueError(f"top_logprobs needs include: ['{LOGPROBS}']")
         if self.background and not self.store:
             raise ValueError("a background response is stored: background needs store: true")
         return self
-
-    @property
-    def conversation_id(self) -> str | None:
-        if isinstance(self.conversation, ConversationRef):
-            return self.conversation.id
-        return self.conversation
 
     def input_items(self) -> list[Item]:
         """This request's input as stored items (instructions are not an item)."""

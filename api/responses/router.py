@@ -1,6 +1,8 @@
 """Responses API HTTP routes: `/v1/responses` and `/v1/conversations`. Parse, load the stored
 turns, submit, answer; translation lives in protocol, serving and store."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -18,9 +20,11 @@ from api.responses.objects import (
     Conversation,
     DeletedConversation,
     DeletedResponse,
+    InputTokens,
     ResponseObject,
 )
 from api.responses.protocol import (
+    CountInputTokensRequest,
     CreateConversationRequest,
     CreateItemsRequest,
     CreateResponseRequest,
@@ -29,7 +33,7 @@ from api.responses.protocol import (
 from api.responses.store import ResponseStore, StoredConversation
 from api.resume import Resumption
 from api.state import AppState
-from api.submit import check_context, submit
+from api.submit import check_context, count_prompt, submit
 from shared.job import Flavour, GenerationJob
 
 router = APIRouter(
@@ -58,10 +62,8 @@ async def create_response(
     request_id: RequestIdDep = None,
 ) -> ResponseObject | Response:
     history = await _history(store, body)
-    try:
-        job = await job_for(state, body.with_history(history), request_id)
-        if body.truncation == "auto":
-            job = await _truncated(state, body, job, request_id)
+    with _context_params():
+        job = await _job(state, body, history, request_id)
         draft = serving.ResponseDraft(job, body, history)
         store.check_size([*history, *draft.input_items], "input")
         fmt, via = None, None
@@ -71,9 +73,6 @@ async def create_response(
             )
             via = Resumption(None, None, state.settings.events_retention_s)
         stream = await submit(state, job, observation, fmt, via)
-    except ContextLengthExceededError as exc:  # named by the neutral job's fields
-        exc.param = _CONTEXT_PARAMS.get(exc.param or "", exc.param)
-        raise
     if body.background:
         queued = await background.start(state, store, draft, stream)
         if body.stream:
@@ -84,6 +83,26 @@ async def create_response(
     response = draft.collected(await collect(stream))
     await serving.keep(store, draft, response)
     return response
+
+
+@contextmanager
+def _context_params() -> Iterator[None]:
+    """A prompt that does not fit is blamed on this API's parameter, not the job's field."""
+    try:
+        yield
+    except ContextLengthExceededError as exc:
+        exc.param = _CONTEXT_PARAMS.get(exc.param or "", exc.param)
+        raise
+
+
+async def _job(
+    state: AppState, body: CreateResponseRequest, history: list[Item], request_id: str | None
+) -> GenerationJob:
+    """The request's job, continuing `history`; truncated if it asks."""
+    job = await job_for(state, body.with_history(history), request_id)
+    if body.truncation == "auto":
+        job = await _truncated(state, body, job, request_id)
+    return job
 
 
 async def _truncated(
@@ -131,6 +150,21 @@ async def _history(store: ResponseStore, body: CreateResponseRequest) -> list[It
     if body.conversation_id is not None:
         return (await store.conversation(body.conversation_id, "conversation")).items
     return []
+
+
+@router.post("/responses/input_tokens")
+async def count_input_tokens(
+    body: CountInputTokensRequest,
+    state: StateDep,
+    store: StoreDep,
+    request_id: RequestIdDep = None,
+) -> InputTokens:
+    """The tokens a response's prompt would be (its stored turns and tools included, as
+    truncated with `truncation: "auto"`), counted with the model's own vocabulary."""
+    request = body.as_response()
+    with _context_params():
+        job = await _job(state, request, await _history(store, request), request_id)
+    return InputTokens(input_tokens=await count_prompt(state, job))
 
 
 @router.get("/responses/{response_id}", response_model=None)

@@ -386,3 +386,19 @@ def test_truncation_auto_fits_a_conversation_longer_than_the_context(
     assert response.usage is not None
     # As few turns left out as fit: the prompt is within about two turns of the room left.
     assert 4096 - 16 - 300 < response.usage.input_tokens <= 4096 - 16
+
+
+def test_input_tokens_count_is_the_prompt_of_the_response(openai_client: OpenAI) -> None:
+    first = openai_client.responses.create(**GREEDY, input=QUESTION)
+    shape: dict[str, Any] = {
+        "model": DEFAULT_MODEL,
+        "instructions": "Answer in one word.",
+        "input": FOLLOW_UP,
+        "previous_response_id": first.id,
+        "tools": [RESPONSES_TOOL],
+    }
+    counted = openai_client.responses.input_tokens.count(**shape)
+    assert counted.object == "response.input_tokens"
+    answered = openai_client.responses.create(**shape, temperature=0, max_output_tokens=4)
+    assert answered.usage is not None
+    assert counted.input_tokens == answered.usage.input_tokens

@@ -1,9 +1,12 @@
 """`truncation: "auto"` in the Responses API: the fewest first turns left out of the prompt
 that let it and `max_output_tokens` fit the context, call outputs going with their calls,
-and the 400 when even the last item does not fit. The prompt is counted here as one token
+and the 400 when even the last item does not fit; and `POST /v1/responses/input_tokens`,
+which counts the prompt a response would have. The prompt is counted here as one token
 per word (the harness's context is 64 tokens)."""
 
 import time
+
+from openai.types.responses import InputTokenCountResponse
 
 from api.responses.protocol import CreateResponseRequest
 from shared.job import GenerationJob
@@ -89,3 +92,30 @@ def test_call_outputs_go_with_their_calls() -> None:
     assert [m.role for m in kept_call] == ["assistant", "tool", "user"]
     without_call = body.skipping(2).to_job(deadline).messages or []
     assert [m.content for m in without_call] == ["And so?"]  # its output went with it
+
+
+async def test_input_tokens_counts_the_prompt_a_response_would_have(harness: Harness) -> None:
+    count_words(harness)
+    first = await create(harness, input="one two three")  # answered "Hello, world"
+    counted = await harness.client.post(
+        "/v1/responses/input_tokens",
+        json={
+            "model": MODEL,
+            "instructions": "be brief",
+            "input": "four five",
+            "previous_response_id": first["id"],
+        },
+    )
+    assert counted.status_code == 200, counted.text
+    parsed = InputTokenCountResponse.model_validate(counted.json())
+    assert parsed.object == "response.input_tokens"
+    assert parsed.input_tokens == 2 + 3 + 2 + 2  # instructions, turn, answer, input
+    cut = await harness.client.post(
+        "/v1/responses/input_tokens",
+        json={"model": MODEL, "input": turns(9), "truncation": "auto"},
+    )
+    assert cut.json()["input_tokens"] == 60  # six turns of ten words fit 64
+    refused = await harness.client.post(
+        "/v1/responses/input_tokens", json={"model": MODEL, "input": "x", "stream": True}
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "stream"
