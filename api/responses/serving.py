@@ -9,9 +9,9 @@ each call, once the output has ended, `response.output_item.added` (its argument
 `response.function_call_arguments.delta`, `response.function_call_arguments.done` and
 `response.output_item.done`; then `response.completed` (or `response.incomplete` when
 `max_output_tokens` cut it). An error after the start is an `error` event followed by
-`response.failed`. The response is stored
-(and its turns added to its conversation) before its last event is sent, so a follow-up sent
-as soon as the stream ends finds it.
+`response.failed`. The response is stored (and its turns added to its conversation) before
+its last event is sent, so a follow-up sent as soon as the stream ends finds it; a
+background response is stored by api/responses/background.py instead.
 """
 
 import logging

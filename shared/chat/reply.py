@@ -1,7 +1,11 @@
 """One reply, streamed to the terminal as it arrives: the queue position while it waits, the
 text, then its speed. Ctrl-C stops it and cancels its job."""
 
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,40 +44,61 @@ def stream_reply(client: ChatClient, console: Console, body: dict[str, Any]) -> 
     status = console.status("[dim]waiting for the model...[/]", spinner="dots")
     status.start()
     items = client.stream(body)
-    try:
-        for item in items:
-            if isinstance(item, Started):
-                job_id = item.job_id
-            elif isinstance(item, Queued):
-                position = item.position if item.position is not None else "?"
-                status.update(f"[yellow]queued: position {position}[/] [dim](Ctrl-C cancels)[/]")
-            elif isinstance(item, Token):
-                if first is None:
-                    first = time.monotonic()
+    with _interruptible():
+        try:
+            for item in items:
+                if isinstance(item, Started):
+                    job_id = item.job_id
+                elif isinstance(item, Queued):
+                    position = item.position if item.position is not None else "?"
+                    status.update(
+                        f"[yellow]queued: position {position}[/] [dim](Ctrl-C cancels)[/]"
+                    )
+                elif isinstance(item, Token):
+                    if first is None:
+                        first = time.monotonic()
+                        status.stop()
+                        console.print(f"[bold cyan]{escape(model)}>[/] ", end="")
+                    last = time.monotonic()
+                    count += 1
+                    parts.append(item.text)
+                    console.print(item.text, end="", markup=False, highlight=False, emoji=False)
+                else:
                     status.stop()
-                    console.print(f"[bold cyan]{escape(model)}>[/] ", end="")
-                last = time.monotonic()
-                count += 1
-                parts.append(item.text)
-                console.print(item.text, end="", markup=False, highlight=False, emoji=False)
-            else:
-                status.stop()
-                return _finished(console, item, "".join(parts), job_id, sent, count, first, last)
-    except KeyboardInterrupt:
-        status.stop()
-        if first is not None:
-            console.print()
-        _cancel(client, console, job_id)
-        return Reply("".join(parts), None, job_id, _ttft(sent, first), None)
-    except ChatError:
-        status.stop()
-        if first is not None:
-            console.print()
-        raise
-    finally:
-        status.stop()
-        items.close()  # closes the connection now, not whenever the frame is collected
+                    return _finished(
+                        console, item, "".join(parts), job_id, sent, count, first, last
+                    )
+        except KeyboardInterrupt:
+            status.stop()
+            if first is not None:
+                console.print()
+            _cancel(client, console, job_id)
+            return Reply("".join(parts), None, job_id, _ttft(sent, first), None)
+        except ChatError:
+            status.stop()
+            if first is not None:
+                console.print()
+            raise
+        finally:
+            status.stop()
+            items.close()  # closes the connection now, not whenever the frame is collected
     raise ChatError("the answer ended without finishing")
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt while the reply streams, whatever SIGINT handling the
+    line editor left behind (prompt-toolkit installs its own while it reads a line), and
+    interrupts a read that waits for the server instead of letting it restart."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.siginterrupt(signal.SIGINT, True)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _finished(
