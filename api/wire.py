@@ -7,7 +7,7 @@ the parameter as the flavour's client wrote it: `stop_sequences.3`, `options.rep
 """
 
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic import (
     BaseModel,
@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from api.errors import InvalidRequestError
+from shared.events import TokenLogprob, TopLogprob
 from shared.job import GenerationJob, SamplingParams, Tool
 
 # A neutral error's location: field names and list indices, as pydantic gives them.
@@ -118,6 +119,22 @@ class JobRequest(WireModel):
 
 def _message(error: ErrorDetails) -> str:
     return str(error["msg"]).removeprefix("Value error, ")
+
+
+class WireLogprob(TopLogprob):
+    """A generated token's log-probability as OpenAI's chat, the Responses API and Ollama
+    write it: `token`, `logprob`, `bytes`, and its step's most likely tokens as
+    `top_logprobs` (the neutral `TokenLogprob` calls them `top`)."""
+
+    top_logprobs: list[TopLogprob]
+
+    @classmethod
+    def of(cls, entry: TokenLogprob) -> Self:
+        return cls(**entry.model_dump(exclude={"top"}), top_logprobs=entry.top)
+
+    @classmethod
+    def all_of(cls, entries: list[TokenLogprob] | None) -> list[Self]:
+        return [cls.of(entry) for entry in entries or []]
 
 
 class ToolCallsWhenMade(BaseModel):

@@ -19,7 +19,8 @@ from pydantic import (
 
 from api.errors import InvalidRequestError
 from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
-from api.wire import JobRequest, ToolCallsWhenMade, WireModel
+from api.wire import JobRequest, ToolCallsWhenMade, WireLogprob, WireModel
+from shared.events import TopLogprob
 from shared.job import (
     ChatMessage,
     EmbeddingJob,
@@ -359,14 +360,10 @@ class AssistantMessage(ToolCallsWhenMade):
     tool_calls: list[ResponseToolCall] | None = None
 
 
-class TokenLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int]
+class Logprob(WireLogprob):
+    """Ollama leaves `top_logprobs` out when none were asked for."""
 
-
-class Logprob(TokenLogprob):
-    top_logprobs: list[TokenLogprob] = Field(default_factory=list, exclude_if=lambda top: not top)
+    top_logprobs: list[TopLogprob] = Field(default_factory=list, exclude_if=lambda top: not top)
 
 
 class DoneStats(BaseModel):

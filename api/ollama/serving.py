@@ -30,7 +30,6 @@ from api.ollama.protocol import (
     ResponseFunction,
     ResponseToolCall,
 )
-from api.ollama.protocol import TokenLogprob as OllamaToken
 from api.relay import Collected, StreamEncoder
 from api.state import AppState
 from api.tool_calls import CallSplitter, Reply, read_reply
@@ -70,19 +69,7 @@ def stats(job: GenerationJob, done: DoneEvent) -> DoneStats:
 
 
 def logprobs(entries: list[TokenLogprob] | None) -> list[Logprob] | None:
-    if entries is None:
-        return None
-    return [
-        Logprob(
-            token=e.token,
-            logprob=e.logprob,
-            bytes=e.bytes,
-            top_logprobs=[
-                OllamaToken(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top
-            ],
-        )
-        for e in entries
-    ]
+    return None if entries is None else Logprob.all_of(entries)
 
 
 def generate_done(

@@ -18,7 +18,7 @@ from pydantic import (
 
 from api.errors import InvalidRequestError
 from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
-from api.wire import JobRequest, ToolCallsWhenMade, WireModel
+from api.wire import JobRequest, ToolCallsWhenMade, WireLogprob, WireModel
 from shared.job import (
     ChatMessage,
     EmbeddingInput,
@@ -409,21 +409,11 @@ class ResponseMessage(ToolCallsWhenMade):
     tool_calls: list[ResponseToolCall] | None = None
 
 
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None
-
-
-class TokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob]
-
-
 class ChoiceLogprobs(BaseModel):
     """Chat's `choices[].logprobs`."""
 
-    content: list[TokenLogprob] | None
-    refusal: list[TokenLogprob] | None = None
+    content: list[WireLogprob] | None
+    refusal: list[WireLogprob] | None = None
 
 
 class CompletionLogprobs(BaseModel):

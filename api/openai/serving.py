@@ -30,17 +30,15 @@ from api.openai.protocol import (
     UsageInfo,
     now,
 )
-from api.openai.protocol import TokenLogprob as OpenAIToken
-from api.openai.protocol import TopLogprob as OpenAITop
 from api.relay import Collected, StreamEncoder
 from api.tool_calls import CallSplitter, Reply, arguments_json, read_reply
+from api.wire import WireLogprob
 from shared.events import (
     ChoiceEndEvent,
     DoneEvent,
     EmbeddingsEvent,
     TokenEvent,
     TokenLogprob,
-    TopLogprob,
     Usage,
     decode_vector,
 )
@@ -57,7 +55,6 @@ _ERROR_TYPES = {
     ErrorKind.TIMEOUT: "timeout_error",
     ErrorKind.INTERNAL: "server_error",
 }
-
 
 
 def error_body(error: ApiError) -> ErrorResponse:
@@ -111,20 +108,11 @@ def completion_id(job: GenerationJob) -> str:
     return f"cmpl-{job.id}"
 
 
-def _top(entry: TopLogprob) -> OpenAITop:
-    return OpenAITop(token=entry.token, logprob=entry.logprob, bytes=entry.bytes)
-
-
 def chat_logprobs(entries: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
     """Chat's shape: `content[]` of token, logprob, bytes and `top_logprobs`."""
     if entries is None:
         return None
-    return ChoiceLogprobs(
-        content=[
-            OpenAIToken(**_top(e).model_dump(), top_logprobs=[_top(t) for t in e.top])
-            for e in entries
-        ]
-    )
+    return ChoiceLogprobs(content=WireLogprob.all_of(entries))
 
 
 def completion_logprobs(

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from api.errors import InvalidRequestError
+from api.wire import WireLogprob
 from shared.job import ChatMessage, ToolCall
 
 Role = Literal["user", "system", "developer", "assistant"]
@@ -25,25 +26,11 @@ class InputTextContent(BaseModel):
     text: str
 
 
-class TopLogprob(BaseModel):
-    """A token and its log-probability at one step."""
-
-    token: str
-    bytes: list[int]
-    logprob: float
-
-
-class Logprob(TopLogprob):
-    """A token of the answer: its log-probability and the most likely tokens at its step."""
-
-    top_logprobs: list[TopLogprob] = Field(default_factory=list)
-
-
 class OutputTextContent(BaseModel):
     type: Literal["output_text"] = "output_text"
     text: str
     annotations: list[object] = Field(default_factory=list)
-    logprobs: list[Logprob] = Field(
+    logprobs: list[WireLogprob] = Field(
         default_factory=list,
         description="One per token, when `include` asks for message.output_text.logprobs.",
     )
@@ -67,7 +54,7 @@ class MessageItem(BaseModel):
 
     @classmethod
     def of_text(
-        cls, role: Role, text: str, logprobs: list[Logprob] | None = None, **fields: object
+        cls, role: Role, text: str, logprobs: list[WireLogprob] | None = None, **fields: object
     ) -> "MessageItem":
         """A message of one text part, of the kind its role takes (the model's with its
         tokens' `logprobs`, if asked for)."""

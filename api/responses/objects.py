@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.responses.items import Logprob, MessageItem, OutputItem, OutputTextContent
+from api.responses.items import MessageItem, OutputItem, OutputTextContent
+from api.wire import WireLogprob
 
 ResponseStatus = Literal["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"]
 # A background response's statuses until its job ends.
@@ -199,7 +200,7 @@ class TextDeltaEvent(BaseModel):
     output_index: int = 0
     content_index: int = 0
     delta: str
-    logprobs: list[Logprob] = Field(default_factory=list)  # of the delta's tokens
+    logprobs: list[WireLogprob] = Field(default_factory=list)  # of the delta's tokens
 
 
 class TextDoneEvent(BaseModel):
@@ -209,7 +210,7 @@ class TextDoneEvent(BaseModel):
     output_index: int = 0
     content_index: int = 0
     text: str
-    logprobs: list[Logprob] = Field(default_factory=list)
+    logprobs: list[WireLogprob] = Field(default_factory=list)
 
 
 class ArgumentsDeltaEvent(BaseModel):

@@ -28,11 +28,9 @@ from api.relay import Collected, StreamEncoder
 from api.responses.items import (
     FunctionCallItem,
     Item,
-    Logprob,
     MessageItem,
     OutputItem,
     OutputTextContent,
-    TopLogprob,
 )
 from api.responses.objects import (
     ArgumentsDeltaEvent,
@@ -56,6 +54,7 @@ from api.responses.protocol import CreateResponseRequest
 from api.responses.store import ResponseStore, StoredResponse
 from api.sse import format_sse
 from api.tool_calls import CallSplitter, Reply, arguments_json, read_reply
+from api.wire import WireLogprob
 from shared.events import DoneEvent, FinishReason, TerminalEvent, TokenEvent, TokenLogprob
 from shared.job import GenerationJob, ToolCall
 
@@ -98,7 +97,7 @@ class ResponseDraft:
         self, text: str, status: str = "completed", logprobs: list[TokenLogprob] | None = None
     ) -> MessageItem:
         return MessageItem.of_text(
-            "assistant", text, output_logprobs(logprobs), id=self.message_id, status=status
+            "assistant", text, WireLogprob.all_of(logprobs), id=self.message_id, status=status
         )
 
     def response(
@@ -198,21 +197,6 @@ class ResponsesFormat(BaseModel):
 
     def whole(self, job: GenerationJob, out: Collected) -> ResponseObject:
         return self.draft(job).collected(out)
-
-
-def output_logprobs(entries: list[TokenLogprob] | None) -> list[Logprob]:
-    """The neutral log-probabilities in this API's shape."""
-    return [
-        Logprob(
-            token=e.token,
-            bytes=e.bytes,
-            logprob=e.logprob,
-            top_logprobs=[
-                TopLogprob(token=t.token, bytes=t.bytes, logprob=t.logprob) for t in e.top
-            ],
-        )
-        for e in entries or []
-    ]
 
 
 def function_call(call: ToolCall) -> FunctionCallItem:
@@ -317,7 +301,7 @@ class ResponseStreamEncoder(StreamEncoder):
             frames.extend(self._open())
         if text:
             self.sent.append(text)
-            logprobs, self.unsent_logprobs = output_logprobs(self.unsent_logprobs), []
+            logprobs, self.unsent_logprobs = WireLogprob.all_of(self.unsent_logprobs), []
             frames.append(
                 self._frame(
                     TextDeltaEvent(
