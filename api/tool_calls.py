@@ -127,6 +127,16 @@ def _partial_open(text: str) -> int:
     return 0
 
 
+def arguments_object(text: str) -> dict[str, Any] | None:
+    """A call's arguments given back as JSON text (OpenAI's `arguments`): the object, or None
+    when the text is not the JSON of an object."""
+    try:
+        arguments = json.loads(text)
+    except ValueError:
+        return None
+    return arguments if isinstance(arguments, dict) else None
+
+
 def arguments_json(call: ToolCall) -> str:
     """A call's arguments as JSON text (OpenAI's `arguments`, Anthropic's input_json_delta)."""
     return json.dumps(call.arguments, ensure_ascii=False)

@@ -3,7 +3,6 @@
 Ranges and caps are the neutral job's (shared/job.py); these models only map the fields.
 """
 
-import json
 import time
 from typing import Annotated, Any, ClassVar, Literal, Self, cast
 
@@ -18,6 +17,7 @@ from pydantic import (
 
 from api.errors import InvalidRequestError
 from api.grammar import JSON_OBJECT_GRAMMAR, constrain, schema_grammar
+from api.tool_calls import arguments_object
 from api.wire import JobRequest, ToolCallsWhenMade, WireLogprob, WireModel
 from shared.job import (
     ChatMessage,
@@ -318,11 +318,8 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 def _call(call: AssistantToolCall, param: str) -> ToolCall:
-    try:
-        arguments = json.loads(call.function.arguments)
-    except ValueError:
-        arguments = None
-    if not isinstance(arguments, dict):
+    arguments = arguments_object(call.function.arguments)
+    if arguments is None:
         raise InvalidRequestError(
             "a tool call's arguments must be the JSON text of an object",
             param=f"{param}.function.arguments",

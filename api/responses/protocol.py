@@ -5,7 +5,6 @@ Ranges and caps of generation are the neutral job's (shared/job.py); these model
 their fields. The rules here are OpenAI's own wire rules (metadata, items per call).
 """
 
-import json
 from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
@@ -34,6 +33,7 @@ from api.responses.objects import (
     JsonSchemaFormat,
 )
 from api.responses.objects import TextConfig as OutputConfig
+from api.tool_calls import arguments_object
 from api.wire import JobRequest, Loc, WireModel
 from shared.job import (
     Flavour,
@@ -131,11 +131,7 @@ class InputFunctionCall(WireModel):
     @field_validator("arguments")
     @classmethod
     def _an_object(cls, value: str) -> str:
-        try:
-            arguments = json.loads(value)
-        except ValueError:
-            arguments = None
-        if not isinstance(arguments, dict):
+        if arguments_object(value) is None:
             raise ValueError("a function call's arguments must be the JSON text of an object")
         return value
 
