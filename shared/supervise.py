@@ -48,6 +48,7 @@ class Child:
     was_ready: bool = False
     deaths: list[float] = field(default_factory=list)
     restart_at: float | None = None
+    reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int | None:
@@ -67,7 +68,14 @@ class Child:
             start_new_session=True,
             env={**os.environ, **self.env} if self.env else None,
         )
-        threading.Thread(target=self._copy, args=(self.proc,), daemon=True).start()
+        self.reader = threading.Thread(target=self._copy, args=(self.proc,), daemon=True)
+        self.reader.start()
+
+    def drain(self, timeout_s: float = 2.0) -> None:
+        """Wait (briefly) until the dead child's last lines are read from its pipe: a process
+        that wrote and then crashed may be seen dead before its reader has caught up."""
+        if self.reader is not None:
+            self.reader.join(timeout_s)
 
     def _copy(self, proc: "subprocess.Popen[bytes]") -> None:
         assert proc.stdout is not None
@@ -146,6 +154,7 @@ class Supervisor:
     def _died(self, child: Child, returncode: int, now: float) -> Death:
         assert child.proc is not None
         pid = child.proc.pid
+        child.drain()
         child.deaths = [t for t in child.deaths if now - t < self.death_window_s] + [now]
         restart_in: float | None = None
         if child.restartable(returncode) and len(child.deaths) < self.max_deaths:

@@ -102,7 +102,8 @@ def test_up_reports_a_worker_killed_by_a_signal_and_restarts_it(
         (pid,) = worker_pids(redis, model)
         os.kill(pid, signal.SIGKILL)
         reported = f"worker (pid {pid}) was killed by signal SIGKILL (9) while serving"
-        wait_for(lambda: reported in up.output(), 10, "the report of the killed worker")
+        # The report is written line by line: wait for its end, then read its last lines.
+        wait_for(lambda: "restarting it in" in up.output().partition(reported)[2], 10, "the report")
         assert "engine self-check passed" in up.output().split(reported)[1]  # its last lines
         wait_for(lambda: worker_pids(redis, model) - {pid} != set(), 60, "the restarted worker")
         assert up.proc.poll() is None

@@ -1,5 +1,6 @@
 """`tokenq up`'s supervisor with real (tiny) child processes."""
 
+import subprocess
 import sys
 import time
 
@@ -50,6 +51,25 @@ def test_a_child_killed_by_a_signal_is_reported_with_its_last_lines_and_restarte
         time.sleep(0.02)
     assert child.pid != first_pid
     supervisor.stop()
+
+
+class SlowReader(Child):
+    """A child whose output is read late, as on a loaded machine."""
+
+    def _copy(self, proc: "subprocess.Popen[bytes]") -> None:
+        time.sleep(0.5)
+        super()._copy(proc)
+
+
+def test_a_dead_childs_last_lines_are_read_before_it_is_reported() -> None:
+    child = SlowReader("worker", python("print('its last words'); raise SystemExit(3)"), echo=False)
+    supervisor = Supervisor([child])
+    supervisor.start()
+    assert child.proc is not None
+    child.proc.wait()  # dead before its reader has read a line
+    (death,) = wait_for_deaths(supervisor, 1)
+    assert death.returncode == 3
+    assert death.tail == ["its last words"]
 
 
 def test_backoff_grows_and_repeated_deaths_give_up() -> None:
