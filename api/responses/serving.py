@@ -254,10 +254,12 @@ class ResponseStreamEncoder(StreamEncoder):
 
     def start(self) -> list[bytes]:
         started = self.draft.response("in_progress", [])
+        # A background response is created `queued` (as OpenAI's are); its job then runs.
+        created = self.draft.response("queued", []) if self.draft.body.background else started
         frames = [
             self._frame(
                 ResponseEvent(
-                    type="response.created", sequence_number=self._next(), response=started
+                    type="response.created", sequence_number=self._next(), response=created
                 )
             ),
             self._frame(

@@ -124,6 +124,7 @@ async def test_a_streamed_background_response_goes_on_without_its_client(
     assert [name for name, _ in events] == TEXT_STREAM
     response_id = events[0][1]["response"]["id"]
     assert events[0][1]["response"]["background"] is True
+    assert [event["response"]["status"] for _, event in events[:2]] == ["queued", "in_progress"]
     assert (await settled(harness, response_id))["status"] == "completed"
 
 
