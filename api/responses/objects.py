@@ -13,6 +13,8 @@ from api.wire import WireLogprob
 ResponseStatus = Literal["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"]
 # A background response's statuses until its job ends.
 UNFINISHED: tuple[ResponseStatus, ...] = ("queued", "in_progress")
+# Those whose output a follow-up can continue (a failed or cancelled response has none).
+ANSWERED: tuple[ResponseStatus, ...] = ("completed", "incomplete")
 
 
 class InputTokensDetails(BaseModel):

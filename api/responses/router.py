@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Response
 
 from api.deps import RequestIdDep, StateDep
-from api.errors import ContextLengthExceededError, InvalidRequestError
+from api.errors import ApiError, ContextLengthExceededError, InvalidRequestError
 from api.models import job_for
 from api.openai.serving import render_error as openai_render_error
 from api.pipeline import ObservationDep, flavour_route_class
@@ -16,6 +16,7 @@ from api.relay import collect, stream_response
 from api.responses import background, serving
 from api.responses.items import Item, ItemList, page
 from api.responses.objects import (
+    ANSWERED,
     UNFINISHED,
     Conversation,
     DeletedConversation,
@@ -80,7 +81,11 @@ async def create_response(
         return queued.response
     if body.stream:
         return await stream_response(stream, lambda: serving.ResponseStreamEncoder(draft, store))
-    response = draft.collected(await collect(stream))
+    try:
+        response = draft.collected(await collect(stream))
+    except ApiError as error:  # kept `failed` or `cancelled` for `retrieve`, then answered
+        await serving.keep_ended(store, draft, error)
+        raise
     await serving.keep(store, draft, response)
     return response
 
@@ -140,10 +145,17 @@ async def _history(store: ResponseStore, body: CreateResponseRequest) -> list[It
     """The stored turns the request continues (404 naming the parameter if they are gone)."""
     if body.previous_response_id is not None:
         previous = await store.response(body.previous_response_id, "previous_response_id")
-        if previous.response.status in UNFINISHED:
+        status = previous.response.status
+        if status in UNFINISHED:
             raise InvalidRequestError(
                 f"Previous response with id '{body.previous_response_id}' is still "
-                f"{previous.response.status}; it can be continued once it has finished.",
+                f"{status}; it can be continued once it has finished.",
+                param="previous_response_id",
+            )
+        if status not in ANSWERED:
+            raise InvalidRequestError(
+                f"Previous response with id '{body.previous_response_id}' was {status} "
+                "and has no answer to continue; continue the one before it instead.",
                 param="previous_response_id",
             )
         return previous.context

@@ -9,9 +9,11 @@ each call, once the output has ended, `response.output_item.added` (its argument
 `response.function_call_arguments.delta`, `response.function_call_arguments.done` and
 `response.output_item.done`; then `response.completed` (or `response.incomplete` when
 `max_output_tokens` cut it). An error after the start is an `error` event followed by
-`response.failed`. The response is stored (and its turns added to its conversation) before
-its last event is sent, so a follow-up sent as soon as the stream ends finds it; a
-background response is stored by api/responses/background.py instead.
+`response.failed` (its response `failed`, or `cancelled` when its job was cancelled). The
+response is stored (and, if answered, its turns added to its conversation) before its last
+event is sent, so a follow-up sent as soon as the stream ends finds it; one that failed or
+was cancelled is stored too, with what was sent of its message. A background response is
+stored by api/responses/background.py instead.
 """
 
 import logging
@@ -22,7 +24,13 @@ from typing import Literal
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from api.errors import ApiError, BackendUnavailableError, ErrorKind, JobCancelledError
+from api.errors import (
+    ApiError,
+    BackendUnavailableError,
+    ErrorKind,
+    JobCancelledError,
+    from_event,
+)
 from api.openai.serving import call_id
 from api.relay import Collected, StreamEncoder
 from api.responses.items import (
@@ -33,6 +41,7 @@ from api.responses.items import (
     OutputTextContent,
 )
 from api.responses.objects import (
+    ANSWERED,
     ArgumentsDeltaEvent,
     ArgumentsDoneEvent,
     ContentPartEvent,
@@ -164,19 +173,22 @@ class ResponseDraft:
         """The whole response of the job's whole output, read for calls."""
         return self.finished(read_reply(self.job, out.text), out.done, out.choices[0].logprobs)
 
-    def ended(self, error: ApiError) -> ResponseObject:
-        """The response of a job that ended without an answer: `cancelled` or `failed`."""
+    def ended(self, error: ApiError, output: list[OutputItem] | None = None) -> ResponseObject:
+        """The response of a job that ended without an answer, `cancelled` or `failed`, with
+        the `output` it had sent (a stream's partial message)."""
         if isinstance(error, JobCancelledError):
-            return self.response("cancelled", [])
-        return self.response("failed", [], error=error)
+            return self.response("cancelled", output or [])
+        return self.response("failed", output or [], error=error)
 
     def stored(self, response: ResponseObject) -> StoredResponse:
         """What is kept of the response: its input, and the context a follow-up continues
-        (none while it is unfinished: it cannot be continued yet)."""
-        answered = response.status in ("completed", "incomplete")
+        (none while it is unfinished, or if it failed or was cancelled: it cannot be
+        continued)."""
         context: list[Item] = [*self.history, *self.input_items, *response.output]
         return StoredResponse(
-            response=response, input_items=self.input_items, context=context if answered else []
+            response=response,
+            input_items=self.input_items,
+            context=context if response.status in ANSWERED else [],
         )
 
 
@@ -214,13 +226,25 @@ def usage(done: DoneEvent) -> ResponseUsage:
 
 
 async def keep(store: ResponseStore, draft: ResponseDraft, response: ResponseObject) -> None:
-    """Store the response (unless `store` is false) and add its turns to its conversation."""
+    """Store the response (unless `store` is false) and, if it was answered, add its turns to
+    its conversation (a failed or cancelled one is kept for `retrieve` alone)."""
     if draft.body.store:
         await store.save_response(draft.stored(response))
+    if response.status not in ANSWERED:
+        return
     conversation = draft.body.conversation_id
     if conversation is not None:
         # Checked before the job ran; its answer is added whatever its size (see store.py).
         await store.add_items(conversation, [*draft.input_items, *response.output], checked=False)
+
+
+async def keep_ended(store: ResponseStore, draft: ResponseDraft, error: ApiError) -> None:
+    """Store the response of a job that ended without an answer, if its store answers: the
+    caller is answered with `error` either way."""
+    try:
+        await keep(store, draft, draft.ended(error))
+    except (RedisError, ApiError) as exc:
+        log.warning("response %s could not be stored: %s", draft.id, exc)
 
 
 class ResponseStreamEncoder(StreamEncoder):
@@ -338,9 +362,12 @@ class ResponseStreamEncoder(StreamEncoder):
         return self.draft.finished(self._reply(), done, self.logprobs if asked else None)
 
     async def settle(self, terminal: TerminalEvent) -> None:
-        if terminal.type != "done":
+        if terminal.type == "embeddings":
             return
-        self.final = self._finished(terminal)
+        if terminal.type == "done":
+            self.final = self._finished(terminal)
+        else:
+            self.final = self.draft.ended(from_event(terminal), self._partial())
         if self.store is None:
             return
         try:
@@ -445,11 +472,12 @@ class ResponseStreamEncoder(StreamEncoder):
             ),
         ]
 
+    def _partial(self) -> list[OutputItem]:
+        """What was sent of the message before the job ended without an answer."""
+        return [self.draft.message("".join(self.sent), "incomplete")] if self.opened else []
+
     def error(self, error: ApiError) -> list[bytes]:
-        output: list[OutputItem] = (
-            [self.draft.message("".join(self.sent), "incomplete")] if self.opened else []
-        )
-        failed = self.draft.response("failed", output, error=error)
+        failed = self.draft.ended(error, self._partial())  # `cancelled` or `failed`
         return [
             self._frame(
                 ErrorEvent(

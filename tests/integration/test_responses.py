@@ -216,6 +216,29 @@ def test_the_raw_event_stream_is_in_order(api: ApiProcess) -> None:
     assert names[-1] in ("response.completed", "response.incomplete")
 
 
+def test_a_stream_cancelled_midway_is_kept_cancelled_with_its_text(
+    api: ApiProcess, openai_client: OpenAI
+) -> None:
+    long = {**GREEDY, "max_output_tokens": 3000, "input": "Count from 1 to 1000, one per line."}
+    sent: list[str] = []
+    events = openai_client.responses.create(**long, stream=True)  # type: ignore[call-overload]
+    for event in events:
+        if event.type == "response.created":
+            response_id = event.response.id
+        elif event.type == "response.output_text.delta":
+            sent.append(event.delta)
+            if len(sent) == 3:  # the job is cancelled as any job is, by its id
+                job_id = response_id.removeprefix("resp_")
+                assert httpx.delete(f"{api.url}/v1/jobs/{job_id}").status_code == 200
+    assert event.type == "response.failed" and event.response.status == "cancelled"
+    kept = openai_client.responses.retrieve(response_id)
+    assert kept.status == "cancelled"
+    assert len(sent) >= 3 and kept.output_text == "".join(sent)
+    with pytest.raises(openai.BadRequestError) as continued:
+        openai_client.responses.create(**GREEDY, input="And?", previous_response_id=kept.id)
+    assert continued.value.body["param"] == "previous_response_id"  # type: ignore[index]
+
+
 def test_unknown_previous_response_is_404_and_oversized_is_400(openai_client: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         openai_client.responses.create(**GREEDY, input="hi", previous_response_id="resp_nope")

@@ -76,6 +76,12 @@ def record_jobs(state: AppState) -> list[GenerationJob]:
     return jobs
 
 
+async def retrieved(harness: Harness, response_id: str) -> Response:
+    answer = await harness.client.get(f"/v1/responses/{response_id}")
+    assert answer.status_code == 200, answer.text
+    return Response.model_validate(answer.json())
+
+
 async def create(harness: Harness, **fields: object) -> dict[str, Any]:
     response = await harness.call("/v1/responses", {**BODY, **fields})
     assert response.status_code == 200, response.text
@@ -388,7 +394,29 @@ async def test_a_failure_after_the_start_is_an_error_then_response_failed(
         STREAM_EVENTS.validate_python(data)
     failed = events[-1][1]["response"]
     assert failed["status"] == "failed" and failed["error"]["message"]
-    assert (await harness.client.get(f"/v1/responses/{failed['id']}")).status_code == 404
+    # kept for `retrieve`, with what was sent of its message
+    kept = await retrieved(harness, failed["id"])
+    assert kept.status == "failed" and kept.error is not None
+    assert kept.output_text == "Hel" and kept.output[0].status == "incomplete"
+
+
+async def test_a_failed_response_is_kept_but_not_continued(harness: Harness) -> None:
+    conversation = (await harness.call("/v1/conversations", {})).json()["id"]
+    harness.engine.pieces = [RuntimeError("engine broke"), EOS]
+    response = await harness.call("/v1/responses", {**BODY, "conversation": conversation})
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "worker_error"
+    (job_id,) = harness.recorded_jobs()
+    response_id = f"resp_{job_id}"
+    kept = await retrieved(harness, response_id)
+    assert kept.status == "failed" and kept.error is not None and kept.output == []
+    # its turn is not added to its conversation, and it cannot be continued
+    items = await harness.client.get(f"/v1/conversations/{conversation}/items")
+    assert items.json()["data"] == []
+    follow_up = await harness.call("/v1/responses", {**BODY, "previous_response_id": response_id})
+    assert follow_up.status_code == 400
+    error = follow_up.json()["error"]
+    assert error["param"] == "previous_response_id" and "was failed" in error["message"]
 
 
 async def test_requests_are_counted_under_the_responses_flavour(harness: Harness) -> None:
