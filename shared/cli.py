@@ -84,9 +84,7 @@ def up(
     children = []
     if not settings.redis_sentinels and not _redis_answers(settings):
         children.append(_redis_child(settings))
-    children += [
-        _worker_child(me, settings, name, env, named=len(models) > 1) for name in models
-    ]
+    children += [_worker_child(me, settings, name, env, named=len(models) > 1) for name in models]
     children.append(
         Child(
             "api", [*me, "api", "--host", host, "--port", str(port)], ready=_healthy(url), env=env

@@ -224,7 +224,6 @@ class ApiSettings(Settings):
         "model files); None: tokenq-vocab in the system's temporary directory.",
     )
 
-
     @model_validator(mode="after")
     def _keys_outlived_by_events(self) -> Self:
         if self.idempotency_ttl_s > self.events_retention_s:

@@ -131,9 +131,7 @@ def run_worker(settings: WorkerSettings) -> None:
     ):
         serve_slots(
             slots,
-            lambda: model_queues(
-                sync_redis(settings, health_check_interval=10), settings.model
-            ),
+            lambda: model_queues(sync_redis(settings, health_check_interval=10), settings.model),
             settings.heartbeat_ttl_s,
             stopping,
             BatchAging(settings.model, settings.queue_deadline_s, settings.batch_max_wait_s),

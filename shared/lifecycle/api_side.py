@@ -81,4 +81,3 @@ class ApiJobs:
                 await self.cancel(job_id)
                 reaped.append(job_id)
         return reaped
-

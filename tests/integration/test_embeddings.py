@@ -83,9 +83,7 @@ def test_ollama_embed_and_the_older_embeddings(
     cut = ollama_client.embed(model=DEFAULT_MODEL, input="word " * 200, options=small)
     assert len(cut.embeddings) == 1 and cut.prompt_eval_count == 64
     with pytest.raises(ollama.ResponseError) as refused:
-        ollama_client.embed(
-            model=DEFAULT_MODEL, input="word " * 200, truncate=False, options=small
-        )
+        ollama_client.embed(model=DEFAULT_MODEL, input="word " * 200, truncate=False, options=small)
     assert refused.value.status_code == 400
 
 

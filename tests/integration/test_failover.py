@@ -196,6 +196,7 @@ def test_a_primary_killed_under_load_fails_over_without_hangs(
         # Every job the new primary knows has ended (done, failed, cancelled or expired).
         new_primary = cluster.current_primary()
         assert new_primary.connection_pool.connection_kwargs["port"] == cluster.replica.port
+
         # A job still queued past its deadline counts as expired: nothing can start it, and
         # `GET /v1/jobs/{id}` shows it expired.
         def open_jobs() -> list[JobRecord]:

@@ -45,9 +45,7 @@ async def test_events_after_n_replays_the_rest_in_the_original_format(harness: H
     assert [i for i, _ in frames] == [2, 3, 4, 4]
     texts = [json.loads(d)["choices"][0]["delta"].get("content") for _, d in frames[:2]]
     assert texts == [",", " world"]
-    again = await harness.client.get(
-        f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "3"}
-    )
+    again = await harness.client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "3"})
     assert [i for i, _ in _frames(again.text)] == [4, 4]
     whole = await harness.client.get(f"/v1/jobs/{job_id}/events")
     assert [i for i, _ in _frames(whole.text)] == [0, 1, 2, 3, 4, 4]
