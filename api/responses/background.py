@@ -17,7 +17,7 @@ from fastapi import Response
 
 from api.errors import ApiError, InvalidRequestError
 from api.relay import collect, stream_response
-from api.responses.objects import ANSWERED, UNFINISHED, ResponseError
+from api.responses.objects import UNFINISHED, ResponseError
 from api.responses.serving import ReplayEncoder, ResponseDraft, ResponsesFormat
 from api.responses.store import ResponseStore, StoredResponse
 from api.resume import attach
@@ -50,8 +50,7 @@ async def _finish(store: ResponseStore, draft: ResponseDraft, stream: JobStream)
         final = draft.collected(out)
     except ApiError as error:
         final = draft.ended(error)
-    items = [*draft.input_items, *final.output] if final.status in ANSWERED else []
-    await store.finish(draft.stored(final), draft.body.conversation_id, items)
+    await store.finish(draft.stored(final), draft.body.conversation_id, draft.turns(final))
 
 
 async def current(state: AppState, store: ResponseStore, stored: StoredResponse) -> StoredResponse:

@@ -180,6 +180,11 @@ class ResponseDraft:
             return self.response("cancelled", output or [])
         return self.response("failed", output or [], error=error)
 
+    def turns(self, response: ResponseObject) -> list[Item]:
+        """What the response adds to its conversation: its input and output if it was
+        answered, nothing if it failed or was cancelled."""
+        return [*self.input_items, *response.output] if response.status in ANSWERED else []
+
     def stored(self, response: ResponseObject) -> StoredResponse:
         """What is kept of the response: its input, and the context a follow-up continues
         (none while it is unfinished, or if it failed or was cancelled: it cannot be
@@ -230,12 +235,10 @@ async def keep(store: ResponseStore, draft: ResponseDraft, response: ResponseObj
     its conversation (a failed or cancelled one is kept for `retrieve` alone)."""
     if draft.body.store:
         await store.save_response(draft.stored(response))
-    if response.status not in ANSWERED:
-        return
-    conversation = draft.body.conversation_id
-    if conversation is not None:
+    conversation, turns = draft.body.conversation_id, draft.turns(response)
+    if conversation is not None and turns:
         # Checked before the job ran; its answer is added whatever its size (see store.py).
-        await store.add_items(conversation, [*draft.input_items, *response.output], checked=False)
+        await store.add_items(conversation, turns, checked=False)
 
 
 async def keep_ended(store: ResponseStore, draft: ResponseDraft, error: ApiError) -> None:
